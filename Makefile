@@ -1,0 +1,41 @@
+# The two commands a user runs: `make demo` and `make test`. Everything they need is installed
+# or built by e2e/lib/tools.sh (cached under ~/.cache/edgevisor, keyed by version).
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help demo test env-up env-down env-status fmt-check clippy unit-test e2e-test crds
+
+help: ## Show the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+demo: ## Bring up the local environment, install the chart, apply examples/, show the fleet
+	e2e/demo
+
+test: env-up fmt-check clippy unit-test e2e-test ## Everything: fmt, clippy, unit, chart and integration tests
+	@echo "make test: all passed"
+
+env-up: ## Start etcd, kube-apiserver and the registry (builds them once)
+	e2e/env up
+
+env-down: ## Stop the local environment
+	e2e/env down
+
+env-status: ## What runs where
+	e2e/env status
+
+fmt-check:
+	$(CARGO) fmt --all --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit-test: ## Unit tests (no cluster needed)
+	$(CARGO) test --workspace --locked --exclude edgevisor-e2e
+
+e2e-test: env-up ## Integration tests against the real apiserver, registry and runc
+	$(CARGO) test -p edgevisor-e2e --locked -- --test-threads=4
+
+crds: ## Regenerate the CRD YAML from the Rust types
+	$(CARGO) run -q -p edgevisor-crds --bin crdgen

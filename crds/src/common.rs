@@ -1,0 +1,120 @@
+//! Types and rules shared by several kinds.
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The form of a FleetRevision name: the Fleet's name, a dash, and the first ten hex digits of
+/// the sha256 of the Fleet's template (`demo-3f9a1c2b7d`).
+pub const REVISION_NAME_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?-[0-9a-f]{10}$')";
+/// The message shown when a revision name does not have that form.
+pub const REVISION_NAME_MESSAGE: &str = "must name a FleetRevision as the controller names them: <fleet>-<10 hex digits>, e.g. demo-3f9a1c2b7d";
+
+/// A CPU architecture, named as OCI image indexes name platforms (`architecture` or
+/// `architecture/variant`).
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum Architecture {
+    #[serde(rename = "amd64")]
+    Amd64,
+    #[serde(rename = "arm64")]
+    Arm64,
+    #[serde(rename = "arm/v7")]
+    ArmV7,
+    #[serde(rename = "arm/v6")]
+    ArmV6,
+    #[serde(rename = "riscv64")]
+    Riscv64,
+    #[serde(rename = "386")]
+    I386,
+    #[serde(rename = "ppc64le")]
+    Ppc64le,
+    #[serde(rename = "s390x")]
+    S390x,
+}
+
+impl Architecture {
+    /// The name as it appears in the API and in OCI platforms.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Amd64 => "amd64",
+            Self::Arm64 => "arm64",
+            Self::ArmV7 => "arm/v7",
+            Self::ArmV6 => "arm/v6",
+            Self::Riscv64 => "riscv64",
+            Self::I386 => "386",
+            Self::Ppc64le => "ppc64le",
+            Self::S390x => "s390x",
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a device is in installing a revision. The names are those of established update
+/// managers, so tools that know them read ours.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum UpdateStatus {
+    /// Accepted, waiting to start.
+    Queued,
+    /// Fetching the objects the revision needs.
+    Downloading,
+    /// Installing: unpacking, stopping the old containers, starting the new.
+    Inprogress,
+    /// Running the new revision and waiting for every container to reach its goal.
+    Testing,
+    /// Committed: the revision passed its test and is the device's revision now.
+    Done,
+    /// Refused before install (invalid state, missing objects, no space); nothing changed.
+    Wontgo,
+    /// Failed while installing or testing; the device went back to its committed revision.
+    Error,
+}
+
+impl UpdateStatus {
+    /// Whether the update has ended, for good or bad.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Wontgo | Self::Error)
+    }
+
+    /// Whether the update ended in failure.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::Wontgo | Self::Error)
+    }
+}
+
+/// Condition types, shared so every writer spells them the same.
+pub mod condition {
+    /// kstatus: the object reached its desired state.
+    pub const READY: &str = "Ready";
+    /// kstatus abnormal-true: the controller is working towards the desired state.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus abnormal-true: progress stopped and needs a human.
+    pub const STALLED: &str = "Stalled";
+    /// A Fleet's rollout is moving through its steps.
+    pub const PROGRESSING: &str = "Progressing";
+    /// A Fleet's rollout crossed its failure threshold and stopped.
+    pub const ROLLOUT_ABORTED: &str = "RolloutAborted";
+    /// A Device runs its target revision.
+    pub const UP_TO_DATE: &str = "UpToDate";
+    /// A Device was heard from within the liveness window.
+    pub const ONLINE: &str = "Online";
+}
+
+/// Makes a `conditions` list a map keyed by `type`, so server-side apply merges conditions of
+/// different writers instead of replacing the whole list.
+pub(crate) fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema =
+        generator.subschema_for::<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
+    schema.insert("maxItems".into(), 16.into());
+    schema
+}

@@ -1,0 +1,147 @@
+# shellcheck shell=bash
+# Builds and caches the tools the tests and the demo run: kube-apiserver and kubectl (from the
+# k8s.io/kubernetes Go module), etcd (from the go.etcd.io/etcd/server module), helm (from
+# helm.sh/helm), and the Debian packages (runc, the CNCF distribution registry, busybox-static).
+#
+# Everything is cached outside the repo under $EDGEVISOR_CACHE (default ~/.cache/edgevisor), one
+# directory per tool and version, so a version bump builds again and nothing else does. A build
+# writes into a temp directory and is renamed into place only when complete: an interrupted build
+# leaves nothing that looks finished.
+
+# The Kubernetes release the tests run against: the newest that the pinned k8s-openapi supports
+# (feature v1_37 in Cargo.toml). Keep the two in step.
+KUBERNETES_VERSION=${KUBERNETES_VERSION:-v1.37.2}
+# The etcd minor that this Kubernetes release is built and tested with (its go.mod requires v3.7).
+ETCD_VERSION=${ETCD_VERSION:-v3.7.3}
+HELM_VERSION=${HELM_VERSION:-v4.3.1}
+EDGEVISOR_CACHE=${EDGEVISOR_CACHE:-$HOME/.cache/edgevisor}
+DEBIAN_PACKAGES=(runc docker-registry busybox-static openssl iproute2 curl jq lua5.4)
+
+log() { printf '[env] %s\n' "$*" >&2; }
+die() { printf '[env] error: %s\n' "$*" >&2; exit 1; }
+
+# Installs the Debian packages that are missing; apt-get update only when something is.
+ensure_debian_packages() {
+  local missing=() p
+  for p in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  log "installing Debian packages: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >&2 || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+    || die "apt-get install ${missing[*]} failed"
+  # Debian starts the registry as a system service on :5000; the tests run their own instance.
+  if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null; then
+    $sudo systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
+}
+
+# go_build_cached NAME VERSION SETUP_FN — runs SETUP_FN in a fresh module directory with $out set
+# to where the binaries go, then moves $out into the cache. Prints the cache directory.
+go_build_cached() {
+  local name=$1 version=$2 setup=$3
+  local dest="$EDGEVISOR_CACHE/$name-$version"
+  if [ -f "$dest/.complete" ]; then echo "$dest"; return 0; fi
+  command -v go >/dev/null || die "go is not installed; install Go 1.26 or newer"
+  mkdir -p "$EDGEVISOR_CACHE"
+  local work
+  work=$(mktemp -d "$EDGEVISOR_CACHE/.build-$name-XXXXXX")
+  log "building $name $version (once; cached in $dest)"
+  local start=$SECONDS
+  if ! (cd "$work" && out="$work/out" && mkdir -p "$out" && "$setup" "$version" "$out") >"$work.log" 2>&1; then
+    tail -n 30 "$work.log" >&2
+    die "building $name $version failed (full log: $work.log)"
+  fi
+  rm -rf "$dest"
+  mv "$work/out" "$dest"
+  touch "$dest/.complete"
+  rm -rf "$work" "$work.log"
+  log "built $name $version in $((SECONDS - start))s"
+  echo "$dest"
+}
+
+_setup_kubernetes() {
+  local version=$1 out=$2 minor=${1#v1.}
+  minor=${minor%%.*}
+  local staging_version="v0.${1#v1.}"
+  go mod init edgevisor.dev/kube-build
+  go mod edit -go=1.26.0 -require="k8s.io/kubernetes@$version"
+  # k8s.io/kubernetes replaces its staging modules with ./staging paths that do not exist in the
+  # module zip: pin each to its published v0.X.Y instead.
+  local gomod
+  gomod=$(go mod download -json "k8s.io/kubernetes@$version" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  local m
+  for m in $(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$gomod"); do
+    go mod edit -replace="$m=$m@$staging_version"
+  done
+  cat >tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  go mod tidy
+  local pkg ldflags=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$out/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+}
+
+_setup_etcd() {
+  local version=$1 out=$2
+  go mod init edgevisor.dev/etcd-build
+  go mod edit -go=1.26.0 -require="go.etcd.io/etcd/server/v3@$version"
+  cat >main.go <<'GO'
+// Command etcd is the etcd server, built from its Go module.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+  go mod tidy
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/etcd" .
+}
+
+_setup_helm() {
+  local version=$1 out=$2 major=${1%%.*}
+  go mod init edgevisor.dev/helm-build
+  go mod edit -go=1.26.0 -require="helm.sh/helm/$major@$version"
+  cat >tools.go <<GO
+//go:build tools
+
+package tools
+
+import _ "helm.sh/helm/$major/cmd/helm"
+GO
+  go mod tidy
+  CGO_ENABLED=0 go build -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/$major/internal/version.version=$version" \
+    -o "$out/helm" "helm.sh/helm/$major/cmd/helm"
+}
+
+# ensure_tools — everything the environment needs; exports KUBE_BIN, ETCD_BIN, HELM_BIN and puts
+# them first on PATH.
+ensure_tools() {
+  ensure_debian_packages
+  local k e h
+  k=$(go_build_cached kubernetes "$KUBERNETES_VERSION" _setup_kubernetes) || exit 1
+  e=$(go_build_cached etcd "$ETCD_VERSION" _setup_etcd) || exit 1
+  h=$(go_build_cached helm "$HELM_VERSION" _setup_helm) || exit 1
+  export KUBE_BIN=$k ETCD_BIN=$e HELM_BIN=$h
+  export PATH="$k:$e:$h:$PATH"
+}
