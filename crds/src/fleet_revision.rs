@@ -37,7 +37,7 @@ use crate::common::{Architecture, conditions_schema};
     printcolumn(
         name = "Architectures",
         type_ = "string",
-        json_path = ".spec.architectures[*].architecture",
+        json_path = ".status.architectures",
         description = "Architectures this revision provides"
     ),
     printcolumn(
