@@ -34,7 +34,9 @@ impl Env {
     pub fn get() -> &'static Env {
         ENV.get_or_init(|| match Self::load() {
             Ok(env) => env,
-            Err(e) => panic!("the e2e environment is not up ({e:#}); run `e2e/env up` (or `make test`)"),
+            Err(e) => {
+                panic!("the e2e environment is not up ({e:#}); run `e2e/env up` (or `make test`)")
+            }
         })
     }
 
@@ -43,9 +45,15 @@ impl Env {
             .parent()
             .context("e2e crate has no parent directory")?
             .to_path_buf();
-        let out = Command::new(repo.join("e2e/env")).arg("env").output().context("running e2e/env env")?;
+        let out = Command::new(repo.join("e2e/env"))
+            .arg("env")
+            .output()
+            .context("running e2e/env env")?;
         if !out.status.success() {
-            bail!("e2e/env env failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "e2e/env env failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let vars: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -53,13 +61,22 @@ impl Env {
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let get = |k: &str| vars.get(k).cloned().with_context(|| format!("e2e/env env did not set {k}"));
+        let get = |k: &str| {
+            vars.get(k)
+                .cloned()
+                .with_context(|| format!("e2e/env env did not set {k}"))
+        };
         let kubeconfig = PathBuf::from(get("KUBECONFIG")?);
         if !kubeconfig.exists() {
             bail!("{} does not exist", kubeconfig.display());
         }
         let path = get("PATH")?.replace("$PATH", &std::env::var("PATH").unwrap_or_default());
-        let env = Env { repo, kubeconfig, path, registry: get("EDGEVISOR_REGISTRY")? };
+        let env = Env {
+            repo,
+            kubeconfig,
+            path,
+            registry: get("EDGEVISOR_REGISTRY")?,
+        };
         let version = env.kubectl(["get", "--raw", "/readyz"]).run();
         if !version.ok() {
             bail!("the apiserver does not answer: {}", version.stderr);
@@ -73,7 +90,10 @@ impl Env {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.command("kubectl").arg("--kubeconfig").arg(self.kubeconfig.to_string_lossy()).args(args)
+        self.command("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig.to_string_lossy())
+            .args(args)
     }
 
     /// `kubectl` with another kubeconfig (a ServiceAccount's).
@@ -82,7 +102,10 @@ impl Env {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.command("kubectl").arg("--kubeconfig").arg(kubeconfig.to_string_lossy()).args(args)
+        self.command("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig.to_string_lossy())
+            .args(args)
     }
 
     /// `helm` as the admin.
@@ -91,13 +114,29 @@ impl Env {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.command("helm").arg("--kubeconfig").arg(self.kubeconfig.to_string_lossy()).args(args)
+        self.command("helm")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig.to_string_lossy())
+            .args(args)
+    }
+
+    /// A program of the repository (`e2e/env`, …), run from the repository's root.
+    pub fn command_in_repo<I, S>(&self, program: &str, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.command(&self.repo.join(program).to_string_lossy())
+            .args(args)
     }
 
     fn command(&self, program: &str) -> Cmd {
         let mut command = Command::new(program);
         command.env("PATH", &self.path).current_dir(&self.repo);
-        Cmd { command, stdin: None }
+        Cmd {
+            command,
+            stdin: None,
+        }
     }
 
     /// A kube client with admin rights, for setting up what a test needs.
@@ -121,7 +160,11 @@ impl Env {
             .run()
             .expect_ok("installing the CRDs");
             self.kubectl(["wait", "--for=condition=Established", "--timeout=60s"])
-                .args(["crd/fleets.edgevisor.dev", "crd/fleetrevisions.edgevisor.dev", "crd/devices.edgevisor.dev"])
+                .args([
+                    "crd/fleets.edgevisor.dev",
+                    "crd/fleetrevisions.edgevisor.dev",
+                    "crd/devices.edgevisor.dev",
+                ])
                 .run()
                 .expect_ok("waiting for the CRDs");
         });
@@ -131,8 +174,14 @@ impl Env {
     /// deleted (there is no namespace controller here); `e2e/env down` wipes them all.
     pub fn namespace(&self, prefix: &str) -> String {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        self.kubectl(["create", "namespace", &name]).run().expect_ok("creating a namespace");
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        self.kubectl(["create", "namespace", &name])
+            .run()
+            .expect_ok("creating a namespace");
         name
     }
 }
@@ -172,7 +221,11 @@ impl Cmd {
     pub fn run(mut self) -> Run {
         let described = format!("{:?}", self.command);
         self.command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        self.command.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        self.command.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let mut child = match self.command.spawn() {
             Ok(child) => child,
             Err(e) => panic!("could not start {described}: {e}"),

@@ -29,19 +29,39 @@ fn every_example_applies_client_side_and_server_side() {
             "device.edgevisor.dev/kiosk-002",
             "device.edgevisor.dev/kiosk-003",
         ] {
-            assert!(names.lines().any(|l| l == expected), "{expected} missing after apply; got:\n{names}");
+            assert!(
+                names.lines().any(|l| l == expected),
+                "{expected} missing after apply; got:\n{names}"
+            );
         }
         // Applying again changes nothing: the manifests round-trip through the schema.
         let again = env
-            .kubectl(["apply", "-n", &ns, "-f", "examples/", "--server-side", "--field-manager=e2e-user"])
+            .kubectl([
+                "apply",
+                "-n",
+                &ns,
+                "-f",
+                "examples/",
+                "--server-side",
+                "--field-manager=e2e-user",
+            ])
             .run()
             .expect_ok("re-applying examples/");
-        assert!(!again.contains("configured") || !server_side, "re-apply changed something:\n{again}");
+        assert!(
+            !again.contains("configured") || !server_side,
+            "re-apply changed something:\n{again}"
+        );
     }
 }
 
 fn header(table: &str) -> Vec<String> {
-    table.lines().next().unwrap_or_default().split_whitespace().map(str::to_string).collect()
+    table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test]
@@ -49,7 +69,9 @@ async fn kubectl_get_shows_how_far_along_a_rollout_is() {
     let env = Env::get();
     env.ensure_crds();
     let ns = env.namespace("columns");
-    env.kubectl(["apply", "-n", &ns, "-f", "examples/"]).run().expect_ok("applying examples/");
+    env.kubectl(["apply", "-n", &ns, "-f", "examples/"])
+        .run()
+        .expect_ok("applying examples/");
     let client = env.client().await.expect("client");
 
     // The controller's and the gateway's status writes, done here by hand.
@@ -82,21 +104,54 @@ async fn kubectl_get_shows_how_far_along_a_rollout_is() {
         .await
         .expect("patching device status");
 
-    let table = env.kubectl(["get", "fleets", "-n", &ns]).run().expect_ok("kubectl get fleets");
-    assert_eq!(header(&table), ["NAME", "DEVICES", "UPDATED", "READY", "FAILED", "REVISION", "STEP", "AGE"]);
-    let kiosks = table.lines().find(|l| l.starts_with("kiosks ")).expect("kiosks row");
+    let table = env
+        .kubectl(["get", "fleets", "-n", &ns])
+        .run()
+        .expect_ok("kubectl get fleets");
+    assert_eq!(
+        header(&table),
+        [
+            "NAME", "DEVICES", "UPDATED", "READY", "FAILED", "REVISION", "STEP", "AGE"
+        ]
+    );
+    let kiosks = table
+        .lines()
+        .find(|l| l.starts_with("kiosks "))
+        .expect("kiosks row");
     let cells: Vec<&str> = kiosks.split_whitespace().collect();
-    assert_eq!(&cells[..7], ["kiosks", "3", "2", "1", "1", "kiosks-0123456789", "1"], "row: {kiosks}");
+    assert_eq!(
+        &cells[..7],
+        ["kiosks", "3", "2", "1", "1", "kiosks-0123456789", "1"],
+        "row: {kiosks}"
+    );
 
-    let table = env.kubectl(["get", "devices", "-n", &ns]).run().expect_ok("kubectl get devices");
-    assert_eq!(header(&table), ["NAME", "ARCH", "CURRENT", "TARGET", "UPDATE", "PROGRESS", "ONLINE", "AGE"]);
-    let row = table.lines().find(|l| l.starts_with("kiosk-001 ")).expect("kiosk-001 row");
+    let table = env
+        .kubectl(["get", "devices", "-n", &ns])
+        .run()
+        .expect_ok("kubectl get devices");
+    assert_eq!(
+        header(&table),
+        [
+            "NAME", "ARCH", "CURRENT", "TARGET", "UPDATE", "PROGRESS", "ONLINE", "AGE"
+        ]
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("kiosk-001 "))
+        .expect("kiosk-001 row");
     let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&cells[..3], ["kiosk-001", "arm64", "kiosks-aaaaaaaaaa"], "row: {row}");
+    assert_eq!(
+        &cells[..3],
+        ["kiosk-001", "arm64", "kiosks-aaaaaaaaaa"],
+        "row: {row}"
+    );
     assert_eq!(&cells[3..6], ["DOWNLOADING", "42", "True"], "row: {row}");
 
     let revisions: Api<FleetRevision> = Api::namespaced(client, &ns);
-    revisions.create(&PostParams::default(), &revision("kiosks-0123456789")).await.expect("creating a revision");
+    revisions
+        .create(&PostParams::default(), &revision("kiosks-0123456789"))
+        .await
+        .expect("creating a revision");
     revisions
         .patch_status(
             "kiosks-0123456789",
@@ -108,16 +163,43 @@ async fn kubectl_get_shows_how_far_along_a_rollout_is() {
         )
         .await
         .expect("patching revision status");
-    let table = env.kubectl(["get", "fleetrevisions", "-n", &ns]).run().expect_ok("kubectl get fleetrevisions");
-    assert_eq!(header(&table), ["NAME", "FLEET", "REVISION", "ARCHITECTURES", "DEVICES", "AGE"]);
+    let table = env
+        .kubectl(["get", "fleetrevisions", "-n", &ns])
+        .run()
+        .expect_ok("kubectl get fleetrevisions");
+    assert_eq!(
+        header(&table),
+        [
+            "NAME",
+            "FLEET",
+            "REVISION",
+            "ARCHITECTURES",
+            "DEVICES",
+            "AGE"
+        ]
+    );
     let row = table.lines().nth(1).expect("a revision row");
     let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&cells[..5], ["kiosks-0123456789", "kiosks", "1", "amd64,arm64", "2"], "row: {row}");
+    assert_eq!(
+        &cells[..5],
+        ["kiosks-0123456789", "kiosks", "1", "amd64,arm64", "2"],
+        "row: {row}"
+    );
 
     // The category lists all three kinds at once.
-    let all = env.kubectl(["get", "edgevisor", "-n", &ns, "-o", "name"]).run().expect_ok("kubectl get edgevisor");
-    for kind in ["fleet.edgevisor.dev/", "device.edgevisor.dev/", "fleetrevision.edgevisor.dev/"] {
-        assert!(all.contains(kind), "`kubectl get edgevisor` lacks {kind}:\n{all}");
+    let all = env
+        .kubectl(["get", "edgevisor", "-n", &ns, "-o", "name"])
+        .run()
+        .expect_ok("kubectl get edgevisor");
+    for kind in [
+        "fleet.edgevisor.dev/",
+        "device.edgevisor.dev/",
+        "fleetrevision.edgevisor.dev/",
+    ] {
+        assert!(
+            all.contains(kind),
+            "`kubectl get edgevisor` lacks {kind}:\n{all}"
+        );
     }
 }
 
@@ -144,16 +226,34 @@ fn kubectl_explain_shows_the_doc_comments() {
     let env = Env::get();
     env.ensure_crds();
     for (field, expected) in [
-        ("fleet.spec.strategy.maxUnavailable", "Most devices updating at once: a count or a percentage of the fleet"),
-        ("fleet.spec.resume", "A resume naming another revision has no effect"),
-        ("device.spec.pinnedRevision", "Run this FleetRevision whatever its fleet rolls out."),
+        (
+            "fleet.spec.strategy.maxUnavailable",
+            "Most devices updating at once: a count or a percentage of the fleet",
+        ),
+        (
+            "fleet.spec.resume",
+            "A resume naming another revision has no effect",
+        ),
+        (
+            "device.spec.pinnedRevision",
+            "Run this FleetRevision whatever its fleet rolls out.",
+        ),
         ("device.status.update.status", "Where the update is."),
-        ("fleetrevision.spec.architectures.state", "exactly the bytes devices install"),
+        (
+            "fleetrevision.spec.architectures.state",
+            "exactly the bytes devices install",
+        ),
     ] {
-        let out = env.kubectl(["explain", field]).run().expect_ok("kubectl explain");
+        let out = env
+            .kubectl(["explain", field])
+            .run()
+            .expect_ok("kubectl explain");
         // kubectl wraps at 80 columns; compare with the wrapping undone.
         let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
-        assert!(text.contains(expected), "`kubectl explain {field}` lacks {expected:?}:\n{out}");
+        assert!(
+            text.contains(expected),
+            "`kubectl explain {field}` lacks {expected:?}:\n{out}"
+        );
     }
 }
 
@@ -162,7 +262,9 @@ async fn spec_and_status_are_written_separately() {
     let env = Env::get();
     env.ensure_crds();
     let ns = env.namespace("subresource");
-    env.kubectl(["apply", "-n", &ns, "-f", "examples/devices.yaml"]).run().expect_ok("applying devices");
+    env.kubectl(["apply", "-n", &ns, "-f", "examples/devices.yaml"])
+        .run()
+        .expect_ok("applying devices");
     let devices: Api<Device> = Api::namespaced(env.client().await.expect("client"), &ns);
     let before = devices.get("kiosk-001").await.expect("get");
 
@@ -180,10 +282,16 @@ async fn spec_and_status_are_written_separately() {
         .await
         .expect("status patch");
     let after_status = devices.get("kiosk-001").await.expect("get");
-    assert_eq!(after_status.spec, before.spec, "a /status write changed spec");
+    assert_eq!(
+        after_status.spec, before.spec,
+        "a /status write changed spec"
+    );
     assert_eq!(after_status.metadata.generation, before.metadata.generation);
     assert_eq!(
-        after_status.status.as_ref().and_then(|s| s.current_revision.as_deref()),
+        after_status
+            .status
+            .as_ref()
+            .and_then(|s| s.current_revision.as_deref()),
         Some("kiosks-1111111111")
     );
 
@@ -201,8 +309,14 @@ async fn spec_and_status_are_written_separately() {
         .await
         .expect("spec patch");
     let after_spec = devices.get("kiosk-001").await.expect("get");
-    assert_eq!(after_spec.spec.revision.as_deref(), Some("kiosks-2222222222"));
-    assert_eq!(after_spec.status, after_status.status, "a spec write changed status");
+    assert_eq!(
+        after_spec.spec.revision.as_deref(),
+        Some("kiosks-2222222222")
+    );
+    assert_eq!(
+        after_spec.status, after_status.status,
+        "a spec write changed status"
+    );
     assert!(after_spec.metadata.generation > after_status.metadata.generation);
 
     // Each writer owns its fields under its own manager.
@@ -214,7 +328,10 @@ async fn spec_and_status_are_written_separately() {
         .filter_map(|m| m.manager)
         .collect();
     for m in ["e2e-gateway", "edgevisor-controller"] {
-        assert!(managers.iter().any(|x| x == m), "no field manager {m}: {managers:?}");
+        assert!(
+            managers.iter().any(|x| x == m),
+            "no field manager {m}: {managers:?}"
+        );
     }
 }
 
@@ -224,7 +341,10 @@ async fn a_fleet_revision_cannot_change_after_creation() {
     env.ensure_crds();
     let ns = env.namespace("immutable");
     let revisions: Api<FleetRevision> = Api::namespaced(env.client().await.expect("client"), &ns);
-    revisions.create(&PostParams::default(), &revision("kiosks-abcdef0123")).await.expect("create");
+    revisions
+        .create(&PostParams::default(), &revision("kiosks-abcdef0123"))
+        .await
+        .expect("create");
 
     let err = revisions
         .patch(
@@ -235,7 +355,10 @@ async fn a_fleet_revision_cannot_change_after_creation() {
         .await
         .expect_err("changing a revision's content must be refused");
     let message = err.to_string();
-    assert!(message.contains("a FleetRevision's content is immutable"), "{message}");
+    assert!(
+        message.contains("a FleetRevision's content is immutable"),
+        "{message}"
+    );
 
     // Labels and annotations may still change (the controller marks revisions in use).
     revisions

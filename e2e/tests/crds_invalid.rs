@@ -50,13 +50,18 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "an image with neither tag nor digest",
-            manifest: fleet(|s| s["template"]["containers"][0]["image"] = json!("registry.example.com/app")),
+            manifest: fleet(|s| {
+                s["template"]["containers"][0]["image"] = json!("registry.example.com/app")
+            }),
             field: "spec.template.containers[0].image",
             message: "image must be a reference with a tag or a digest",
         },
         Case {
             what: "an image with a malformed digest",
-            manifest: fleet(|s| s["template"]["containers"][0]["image"] = json!("registry.example.com/app@sha256:abc")),
+            manifest: fleet(|s| {
+                s["template"]["containers"][0]["image"] =
+                    json!("registry.example.com/app@sha256:abc")
+            }),
             field: "spec.template.containers[0].image",
             message: "image must be a reference with a tag or a digest",
         },
@@ -92,21 +97,25 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "two steps of the same size",
-            manifest: fleet(|s| s["strategy"] = json!({"steps": [step(json!("10%")), step(json!("10%"))]})),
+            manifest: fleet(|s| {
+                s["strategy"] = json!({"steps": [step(json!("10%")), step(json!("10%"))]})
+            }),
             field: "spec.strategy.steps",
             message: "steps must grow strictly",
         },
         Case {
             what: "a count step after a percentage step",
-            manifest: fleet(|s| s["strategy"] = json!({"steps": [step(json!("10%")), step(json!(50))]})),
+            manifest: fleet(|s| {
+                s["strategy"] = json!({"steps": [step(json!("10%")), step(json!(50))]})
+            }),
             field: "spec.strategy.steps",
             message: "steps must grow strictly: counts first",
         },
         Case {
             what: "a pause with both a duration and untilResumed",
-            manifest: fleet(|s| {
-                s["strategy"] = json!({"steps": [{"devices": 1, "pause": {"durationSeconds": 60, "untilResumed": true}}]})
-            }),
+            manifest: fleet(
+                |s| s["strategy"] = json!({"steps": [{"devices": 1, "pause": {"durationSeconds": 60, "untilResumed": true}}]}),
+            ),
             field: "spec.strategy.steps[0].pause",
             message: "a pause either lasts durationSeconds or waits until resumed",
         },
@@ -119,30 +128,33 @@ fn cases() -> Vec<Case> {
         Case {
             what: "a health check of two kinds",
             manifest: fleet(|s| {
-                s["template"]["containers"][0]["healthCheck"] = json!({"tcp": {"port": 80}, "signal": true})
+                s["template"]["containers"][0]["healthCheck"] =
+                    json!({"tcp": {"port": 80}, "signal": true})
             }),
             field: "spec.template.containers[0].healthCheck",
             message: "a health check takes exactly one of exec, http, tcp or signal",
         },
         Case {
             what: "a file path that climbs out",
-            manifest: fleet(|s| s["template"]["files"] = json!([{"path": "../etc/passwd", "content": "x"}])),
+            manifest: fleet(|s| {
+                s["template"]["files"] = json!([{"path": "../etc/passwd", "content": "x"}])
+            }),
             field: "spec.template.files[0].path",
             message: "path must be relative, without '.', '..' or empty components",
         },
         Case {
             what: "a file with two sources",
-            manifest: fleet(|s| {
-                s["template"]["files"] =
-                    json!([{"path": "a.conf", "content": "x", "configMapKeyRef": {"name": "c", "key": "k"}}])
-            }),
+            manifest: fleet(
+                |s| s["template"]["files"] = json!([{"path": "a.conf", "content": "x", "configMapKeyRef": {"name": "c", "key": "k"}}]),
+            ),
             field: "spec.template.files[0]",
             message: "a file takes exactly one of content, configMapKeyRef or secretKeyRef",
         },
         Case {
             what: "a mount of a volume and the files at once",
             manifest: fleet(|s| {
-                s["template"]["containers"][0]["mounts"] = json!([{"volume": "data", "files": true, "mountPath": "/d"}])
+                s["template"]["containers"][0]["mounts"] =
+                    json!([{"volume": "data", "files": true, "mountPath": "/d"}])
             }),
             field: "spec.template.containers[0].mounts[0]",
             message: "a mount takes either a volume or files, not both and not neither",
@@ -150,7 +162,8 @@ fn cases() -> Vec<Case> {
         Case {
             what: "a relative mount path",
             manifest: fleet(|s| {
-                s["template"]["containers"][0]["mounts"] = json!([{"volume": "data", "mountPath": "data/../x"}])
+                s["template"]["containers"][0]["mounts"] =
+                    json!([{"volume": "data", "mountPath": "data/../x"}])
             }),
             field: "spec.template.containers[0].mounts[0].mountPath",
             message: "mountPath must be an absolute path without '..'",
@@ -199,7 +212,9 @@ fn invalid_manifests_are_refused_at_the_field_at_fault() {
     let mut failures = Vec::new();
     for case in &cases {
         for server_side in [false, true] {
-            let mut apply = env.kubectl(["apply", "-n", &ns, "-f", "-"]).stdin(case.manifest.to_string());
+            let mut apply = env
+                .kubectl(["apply", "-n", &ns, "-f", "-"])
+                .stdin(case.manifest.to_string());
             if server_side {
                 apply = apply.args(["--server-side", "--field-manager=e2e-user"]);
             }
@@ -209,7 +224,10 @@ fn invalid_manifests_are_refused_at_the_field_at_fault() {
                 continue;
             }
             // One line of the error names the field and carries the message.
-            let matched = run.stderr.lines().any(|l| l.contains(&format!("{}:", case.field)) && l.contains(case.message));
+            let matched = run
+                .stderr
+                .lines()
+                .any(|l| l.contains(&format!("{}:", case.field)) && l.contains(case.message));
             if !matched {
                 failures.push(format!(
                     "{}: expected `{}` with {:?}, got:\n{}",
@@ -217,11 +235,35 @@ fn invalid_manifests_are_refused_at_the_field_at_fault() {
                 ));
             }
         }
-        let kind = case.manifest["kind"].as_str().unwrap_or_default().to_lowercase();
-        let left = env.kubectl(["get", &kind, "bad", "-n", &ns, "--ignore-not-found", "-o", "name"]).run();
+        let kind = case.manifest["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase();
+        let left = env
+            .kubectl([
+                "get",
+                &kind,
+                "bad",
+                "-n",
+                &ns,
+                "--ignore-not-found",
+                "-o",
+                "name",
+            ])
+            .run();
         if !left.stdout.trim().is_empty() {
-            failures.push(format!("{}: a refused manifest left {}", case.what, left.stdout.trim()));
+            failures.push(format!(
+                "{}: a refused manifest left {}",
+                case.what,
+                left.stdout.trim()
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases wrong:\n{}", failures.len(), cases.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
 }
