@@ -230,10 +230,10 @@ impl Cmd {
             Ok(child) => child,
             Err(e) => panic!("could not start {described}: {e}"),
         };
-        if let (Some(input), Some(mut pipe)) = (self.stdin.take(), child.stdin.take()) {
-            if let Err(e) = pipe.write_all(input.as_bytes()) {
-                panic!("writing to {described}: {e}");
-            }
+        if let (Some(input), Some(mut pipe)) = (self.stdin.take(), child.stdin.take())
+            && let Err(e) = pipe.write_all(input.as_bytes())
+        {
+            panic!("writing to {described}: {e}");
         }
         let output: Output = match child.wait_with_output() {
             Ok(output) => output,
