@@ -4,10 +4,23 @@
 //! driven through the control socket ([`api`]), which `evctl` ([`client`]) speaks.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod bundle;
+pub mod cli;
+pub mod client;
+pub mod commit;
+pub mod daemon;
+pub mod gc;
+pub mod install;
 pub mod layers;
 pub mod lifecycle;
+pub mod oci;
 pub mod paths;
+pub mod recover;
+pub mod rollback;
+pub mod run;
 pub mod state;
 pub mod store;
+pub mod supervisor;
 #[doc(hidden)]
 pub mod testkit;

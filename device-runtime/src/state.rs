@@ -105,7 +105,12 @@ pub struct Volume {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", tag = "type")]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "type"
+)]
 pub enum HealthCheck {
     /// Healthy while the command exits 0 (run inside the container).
     Exec {

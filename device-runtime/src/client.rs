@@ -1,0 +1,223 @@
+//! A client of the control socket, used by `evctl` (and by the cloud agent).
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Method, Request, StatusCode, header};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyperlocal::{UnixClientExt, UnixConnector};
+use serde_json::Value;
+
+use crate::api::Body;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the runtime at {socket}: {msg}")]
+    Connect { socket: PathBuf, msg: String },
+    #[error("{status}: {message}")]
+    Api {
+        status: StatusCode,
+        message: String,
+        body: Value,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad response: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    socket: PathBuf,
+    inner: HyperClient<UnixConnector, Body>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+impl Client {
+    pub fn new(socket: &Path) -> Client {
+        Client {
+            socket: socket.to_owned(),
+            inner: HyperClient::unix(),
+        }
+    }
+
+    /// Sends a request; any status is returned as is.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        headers: &[(&str, String)],
+    ) -> Result<Reply, ClientError> {
+        let uri: hyper::Uri = hyperlocal::Uri::new(&self.socket, path).into();
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, v);
+        }
+        let req = b
+            .body(body)
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        let resp = self
+            .inner
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Connect {
+                socket: self.socket.clone(),
+                msg: format!("{e:?}"),
+            })?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?
+            .to_bytes();
+        Ok(Reply { status, body })
+    }
+
+    /// Like [`send`](Self::send) but turns error statuses into [`ClientError::Api`].
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, ClientError> {
+        let r = self.send(method, path, full(body), &[]).await?;
+        check(r)
+    }
+
+    pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
+        Ok(self.call(Method::GET, path, Bytes::new()).await?.json())
+    }
+
+    pub async fn steps(&self) -> Result<Value, ClientError> {
+        self.get_json("/steps").await
+    }
+
+    pub async fn progress(&self, rev: &str) -> Result<Value, ClientError> {
+        self.get_json(&format!("/steps/{rev}/progress")).await
+    }
+
+    pub async fn put_step(&self, rev: &str, state: Vec<u8>) -> Result<Value, ClientError> {
+        Ok(self
+            .call(Method::PUT, &format!("/steps/{rev}"), state)
+            .await?
+            .json())
+    }
+
+    pub async fn command(&self, op: &str, payload: Value) -> Result<Value, ClientError> {
+        let body = serde_json::to_vec(&serde_json::json!({"op": op, "payload": payload}))
+            .unwrap_or_default();
+        Ok(self.call(Method::POST, "/commands", body).await?.json())
+    }
+
+    pub async fn run(&self, rev: &str) -> Result<Value, ClientError> {
+        self.command("run", Value::String(rev.to_owned())).await
+    }
+
+    /// Streams a file to `PUT /objects/{sha256}`, resuming a partial upload if the
+    /// runtime has one. The digest is computed here first (streaming, too).
+    pub async fn put_object_file(&self, path: &Path) -> Result<(String, Value), ClientError> {
+        use sha2::{Digest, Sha256};
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut f = tokio::fs::File::open(path).await?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = f.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let hex = hex::encode(h.finalize());
+        let size = f.metadata().await?.len();
+        // Ask how much a previous attempt left.
+        let probe = self
+            .send(
+                Method::GET,
+                &format!("/objects/{hex}"),
+                full(Bytes::new()),
+                &[],
+            )
+            .await?;
+        if probe.status == StatusCode::OK {
+            return Ok((
+                hex.clone(),
+                serde_json::json!({"sha256": hex, "status": "exists"}),
+            ));
+        }
+        let offset = probe.json()["partialBytes"].as_u64().unwrap_or(0).min(size);
+        f.seek(std::io::SeekFrom::Start(offset)).await?;
+        let stream = futures::stream::unfold(f, |mut f| async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Frame::data(Bytes::from(buf))), f))
+                }
+                Err(e) => Some((Err(e), f)),
+            }
+        });
+        let mut headers = vec![(header::CONTENT_LENGTH.as_str(), (size - offset).to_string())];
+        if offset > 0 {
+            headers.push((
+                header::CONTENT_RANGE.as_str(),
+                format!("bytes {offset}-{}/{size}", size.saturating_sub(1)),
+            ));
+        }
+        let r = self
+            .send(
+                Method::PUT,
+                &format!("/objects/{hex}"),
+                BodyExt::boxed(StreamBody::new(stream)),
+                &headers,
+            )
+            .await?;
+        let r = check(r)?;
+        Ok((hex, r.json()))
+    }
+}
+
+fn check(r: Reply) -> Result<Reply, ClientError> {
+    if r.status.is_success() {
+        Ok(r)
+    } else {
+        let body = r.json();
+        let message = body["error"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
+        Err(ClientError::Api {
+            status: r.status,
+            message,
+            body,
+        })
+    }
+}

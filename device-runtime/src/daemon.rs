@@ -1,0 +1,236 @@
+//! The update manager's state while it runs: the store, the OCI runtime, the
+//! containers of the running revision and the one update that may be in flight.
+//! The verbs live one per file (`install`, `run`, `commit`, `rollback`, `gc`,
+//! `recover`) as `impl Daemon` blocks, the way youki splits container verbs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::lifecycle::{Progress, Status};
+use crate::oci::Oci;
+use crate::state::Container;
+use crate::store::{Store, StoreError};
+use crate::supervisor::{ContainerStatus, Handle, LogConfig, Spec};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub oci_runtime: String,
+    pub socket: PathBuf,
+    /// Bytes that must stay free on the storage filesystem after any accepted write.
+    pub reserve_bytes: u64,
+    /// Revisions kept by garbage collection (besides committed, trying, factory).
+    pub retention: usize,
+    pub log_max_bytes: u64,
+    pub stop_grace: Duration,
+    pub reboot_command: Option<String>,
+    /// Group whose members may manage the device (root always may).
+    pub manager_gid: Option<u32>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            oci_runtime: "runc".into(),
+            socket: PathBuf::from("control.sock"),
+            reserve_bytes: 16 << 20,
+            retention: 3,
+            log_max_bytes: 1 << 20,
+            stop_grace: Duration::from_secs(3),
+            reboot_command: None,
+            manager_gid: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("objects missing: {}", .0.join(", "))]
+    Missing(Vec<String>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Layer(#[from] crate::layers::LayerError),
+    #[error(transparent)]
+    Bundle(#[from] crate::bundle::BundleError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What is running now. `specs` stays even for a container stopped by hand, so it
+/// can be started again.
+#[derive(Default)]
+pub struct Running {
+    pub rev: Option<String>,
+    pub handles: BTreeMap<String, Handle>,
+    pub specs: BTreeMap<String, PreparedContainer>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PreparedContainer {
+    pub container: Container,
+    pub bundle: PathBuf,
+}
+
+pub struct Daemon {
+    pub store: Store,
+    pub oci: Oci,
+    pub cfg: Config,
+    /// Per-storage prefix of container ids and cgroups.
+    pub prefix: String,
+    pub running: tokio::sync::Mutex<Running>,
+    pub(crate) busy: Mutex<Option<String>>,
+    pub(crate) uploads: Mutex<HashSet<String>>,
+}
+
+// === impl Daemon ===
+
+impl Daemon {
+    pub fn new(store: Store, cfg: Config) -> Arc<Daemon> {
+        let prefix = format!(
+            "ev{}",
+            &hex::encode(Sha256::digest(store.root().as_os_str().as_encoded_bytes()))[..8]
+        );
+        let oci = Oci::new(cfg.oci_runtime.clone(), &store.path("runc"));
+        Arc::new(Daemon {
+            store,
+            oci,
+            cfg,
+            prefix,
+            running: tokio::sync::Mutex::new(Running::default()),
+            busy: Mutex::new(None),
+            uploads: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn container_id(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    pub fn cgroups_path(&self, name: &str) -> String {
+        format!("/edgevisor/{}", self.container_id(name))
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.store.path("logs").join(format!("{name}.log"))
+    }
+
+    /// The revision being tried, if any.
+    pub fn busy_with(&self) -> Option<String> {
+        self.busy.lock().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    /// Claims the single update slot; `Err` names who holds it.
+    pub(crate) fn claim(&self, rev: &str) -> Result<(), String> {
+        let mut g = self.busy.lock().map_err(|_| "poisoned".to_string())?;
+        match &*g {
+            Some(other) => Err(other.clone()),
+            None => {
+                *g = Some(rev.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) fn release(&self) {
+        if let Ok(mut g) = self.busy.lock() {
+            *g = None;
+        }
+    }
+
+    /// Records a status change, refusing (and logging) impossible transitions.
+    pub(crate) fn set_progress(&self, rev: &str, p: Progress) {
+        let from = self.store.read_progress(rev).map(|p| p.status).ok();
+        if let Some(from) = from
+            && !from.can_transition(p.status)
+            && from != p.status
+        {
+            tracing::warn!(rev, %from, to = %p.status, "unexpected transition");
+        }
+        tracing::info!(rev, status = %p.status, msg = %p.status_msg, "progress");
+        if let Err(e) = self.store.write_progress(rev, &p) {
+            tracing::error!(rev, error = %e, "cannot write progress");
+        }
+    }
+
+    pub async fn containers(&self) -> Vec<ContainerStatus> {
+        let r = self.running.lock().await;
+        let mut out: Vec<ContainerStatus> = r.handles.values().map(Handle::snapshot).collect();
+        for (name, _) in r.specs.iter().filter(|(n, _)| !r.handles.contains_key(*n)) {
+            out.push(ContainerStatus {
+                name: name.clone(),
+                revision: r.rev.clone().unwrap_or_default(),
+                id: self.container_id(name),
+                state: crate::supervisor::RunState::Stopped,
+                pid: None,
+                restarts: 0,
+                last_exit: None,
+                healthy: None,
+                ready: false,
+                goal: "stopped",
+                started: None,
+                error: None,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub(crate) fn spec_for(&self, rev: &str, p: &PreparedContainer) -> Spec {
+        Spec {
+            container: p.container.clone(),
+            revision: rev.to_owned(),
+            id: self.container_id(&p.container.name),
+            bundle: p.bundle.clone(),
+            log: self.log_path(&p.container.name),
+            log_cfg: LogConfig {
+                max_bytes: self.cfg.log_max_bytes,
+            },
+            stop_grace: self.cfg.stop_grace,
+        }
+    }
+
+    /// Starts every container of a prepared revision and makes it the running one.
+    pub(crate) async fn start_all(&self, rev: &str, prepared: Vec<PreparedContainer>) {
+        let mut r = self.running.lock().await;
+        r.rev = Some(rev.to_owned());
+        r.specs.clear();
+        for p in prepared {
+            let h = Handle::start(self.oci.clone(), self.spec_for(rev, &p));
+            r.handles.insert(p.container.name.clone(), h);
+            r.specs.insert(p.container.name.clone(), p);
+        }
+    }
+
+    /// Stops every running container, in parallel.
+    pub async fn stop_all(&self) {
+        let handles: Vec<Handle> = {
+            let mut r = self.running.lock().await;
+            r.rev = None;
+            r.specs.clear();
+            std::mem::take(&mut r.handles).into_values().collect()
+        };
+        futures::future::join_all(handles.into_iter().map(Handle::stop)).await;
+    }
+
+    /// Starts the committed revision, if there is one, without a test period: it
+    /// already proved itself.
+    pub(crate) async fn start_committed(&self) {
+        let Some(rev) = self.store.pointer(crate::store::Pointer::Committed) else {
+            return;
+        };
+        match self.prepare(&rev).await {
+            Ok(p) => self.start_all(&rev, p).await,
+            Err(e) => tracing::error!(rev, error = %e, "cannot start the committed revision"),
+        }
+    }
+
+    pub(crate) fn mark_error(&self, rev: &str, reason: &str, logs: Vec<String>) {
+        self.set_progress(rev, Progress::failed(Status::Error, reason, logs));
+    }
+}
