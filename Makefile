@@ -5,7 +5,7 @@ SHELL := bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help demo test env-up env-down env-status fmt-check clippy unit-test e2e-test crds
+.PHONY: help demo test test-steps env-up env-down env-status fmt-check clippy unit-test e2e-test crds
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -13,8 +13,12 @@ help: ## Show the targets
 demo: ## Bring up the local environment, install the chart, apply examples/, show the fleet
 	e2e/demo
 
-test: env-up fmt-check clippy unit-test e2e-test ## Everything: fmt, clippy, unit, chart and integration tests
-	@echo "make test: all passed"
+test: ## Everything: fmt, clippy, unit, chart and integration tests
+	@mkdir -p target
+	@$(MAKE) --no-print-directory test-steps 2>&1 | tee target/test.log
+	@awk '/^test result:/ {p += $$4; f += $$6; s += $$8} END {printf "tests: %d passed, %d failed, %d skipped\n", p, f, s}' target/test.log
+
+test-steps: env-up fmt-check clippy unit-test e2e-test
 
 env-up: ## Start etcd, kube-apiserver and the registry (builds them once)
 	e2e/env up

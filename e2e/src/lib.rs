@@ -211,6 +211,12 @@ impl Cmd {
         self
     }
 
+    /// Sets an environment variable.
+    pub fn env(mut self, key: &str, value: impl AsRef<str>) -> Self {
+        self.command.env(key, value.as_ref());
+        self
+    }
+
     /// Feeds `input` to the command's standard input.
     pub fn stdin(mut self, input: impl Into<String>) -> Self {
         self.stdin = Some(input.into());
