@@ -43,6 +43,7 @@ pub struct Client {
     inner: HyperClient<UnixConnector, Body>,
 }
 
+#[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
     pub body: Bytes,

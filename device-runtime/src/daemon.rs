@@ -170,6 +170,7 @@ impl Daemon {
                 pid: None,
                 restarts: 0,
                 last_exit: None,
+                completed: false,
                 healthy: None,
                 ready: false,
                 goal: "stopped",

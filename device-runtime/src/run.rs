@@ -48,7 +48,7 @@ pub fn judge(
                 reason: format!("container {} could not start: {e}", s.name),
             });
         }
-        if matches!(s.state, RunState::Exited | RunState::Backoff) || restarted {
+        if (matches!(s.state, RunState::Exited | RunState::Backoff) && !s.completed) || restarted {
             let code = s
                 .last_exit
                 .map(|c| format!(" with code {c}"))
@@ -294,6 +294,7 @@ mod tests {
             pid: None,
             restarts: 0,
             last_exit: None,
+            completed: false,
             healthy: None,
             ready: false,
             goal,

@@ -29,6 +29,7 @@ pub enum RunState {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ContainerStatus {
     pub name: String,
     pub revision: String,
@@ -37,6 +38,9 @@ pub struct ContainerStatus {
     pub pid: Option<u32>,
     pub restarts: u32,
     pub last_exit: Option<i32>,
+    /// Exited with a success code under a policy that does not restart it: a job
+    /// that finished, which counts as reaching its goal.
+    pub completed: bool,
     /// `None` until the first check ran (or when there is no check).
     pub healthy: Option<bool>,
     pub ready: bool,
@@ -51,6 +55,9 @@ impl ContainerStatus {
     /// Whether the container is where the state wants it: running and, depending on
     /// its check, healthy or signalled ready.
     pub fn at_goal(&self) -> bool {
+        if self.completed {
+            return true;
+        }
         self.state == RunState::Running
             && match self.goal {
                 "healthy" => self.healthy == Some(true),
@@ -135,6 +142,7 @@ impl Handle {
             pid: None,
             restarts: 0,
             last_exit: None,
+            completed: false,
             healthy: None,
             ready: false,
             goal: goal_of(&spec.container),
@@ -305,6 +313,8 @@ async fn run_loop(
             &spec.container.success_codes(),
             code,
         ) {
+            let ok = spec.container.success_codes().contains(&code);
+            update(&status, |s| s.completed = ok);
             break;
         }
         if started.elapsed() > Duration::from_secs(10) {

@@ -1,4 +1,5 @@
 //! Install, commit, roll forward, roll back, and failed tries, with real runc.
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 
 mod common;
 
