@@ -1,6 +1,8 @@
 //! Types and rules shared by several kinds.
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 /// The form of a FleetRevision name: the Fleet's name, a dash, and the first ten hex digits of
 /// the sha256 of the Fleet's template (`demo-3f9a1c2b7d`).
@@ -106,15 +108,61 @@ pub mod condition {
 }
 
 /// Makes a `conditions` list a map keyed by `type`, so server-side apply merges conditions of
-/// different writers instead of replacing the whole list.
+/// different writers instead of replacing the whole list; bounds every string of it.
 pub(crate) fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let mut schema =
-        generator.subschema_for::<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>();
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
     schema.insert("x-kubernetes-list-type".into(), "map".into());
-    schema.insert(
-        "x-kubernetes-list-map-keys".into(),
-        serde_json::json!(["type"]),
-    );
+    schema.insert("x-kubernetes-list-map-keys".into(), json!(["type"]));
     schema.insert("maxItems".into(), 16.into());
+    for (field, max) in [
+        ("type", 316),
+        ("reason", 1024),
+        ("message", 32768),
+        ("status", 16),
+    ] {
+        if let Some(property) = schema.pointer_mut(&format!("/items/properties/{field}")) {
+            property["maxLength"] = max.into();
+        }
+    }
+    schema
+}
+
+/// A label selector with the bounds the apiserver's CEL cost estimation and a sane fleet need.
+pub(crate) fn label_selector_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<LabelSelector>();
+    let bounds = [
+        ("/properties/matchLabels", "maxProperties", 64),
+        (
+            "/properties/matchLabels/additionalProperties",
+            "maxLength",
+            63,
+        ),
+        ("/properties/matchExpressions", "maxItems", 32),
+        (
+            "/properties/matchExpressions/items/properties/key",
+            "maxLength",
+            317,
+        ),
+        (
+            "/properties/matchExpressions/items/properties/operator",
+            "maxLength",
+            16,
+        ),
+        (
+            "/properties/matchExpressions/items/properties/values",
+            "maxItems",
+            64,
+        ),
+        (
+            "/properties/matchExpressions/items/properties/values/items",
+            "maxLength",
+            63,
+        ),
+    ];
+    for (pointer, keyword, max) in bounds {
+        if let Some(node) = schema.pointer_mut(pointer) {
+            node[keyword] = max.into();
+        }
+    }
     schema
 }

@@ -102,7 +102,7 @@ pub struct DeviceStatus {
     pub architecture: Option<Architecture>,
     /// What the device says of itself: OS, kernel, runtime version, model.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 1024}))]
     pub info: BTreeMap<String, String>,
     /// The committed revision the device runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Architecture, conditions_schema};
+use crate::common::{Architecture, conditions_schema, label_selector_schema};
 
 /// A count of devices or a percentage of the fleet: `3` or `"25%"`.
 const COUNT_OR_PERCENT_RULE: &str =
@@ -83,6 +83,7 @@ const COUNT_OR_PERCENT_MESSAGE: &str =
 pub struct FleetSpec {
     /// Which Devices in this namespace belong to the fleet, by their labels. A Device selected by
     /// two fleets is updated by neither until the overlap is resolved.
+    #[schemars(schema_with = "label_selector_schema")]
     pub selector: LabelSelector,
 
     /// What every device of the fleet runs. Any change here starts a new rollout.
@@ -527,13 +528,16 @@ pub struct FleetStatus {
     pub observed_generation: Option<i64>,
     /// The FleetRevision being rolled out (rendered from the current template, or `rollbackTo`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub update_revision: Option<String>,
     /// The last FleetRevision that reached every targetable device; where `autoRollback` goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub stable_revision: Option<String>,
     /// The index of the step the rollout is at, or `done`/`paused`/`aborted` as a word when it
     /// is not moving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     pub current_step: Option<String>,
     /// When the current step's pause started, for timed pauses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -561,6 +565,7 @@ pub struct FleetStatus {
     pub unsupported: i32,
     /// The same counts per architecture.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
     pub architectures: Vec<ArchitectureCounts>,
     /// `Ready`, `Reconciling`, `Stalled`, `Progressing`, `RolloutAborted`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

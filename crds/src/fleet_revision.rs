@@ -68,6 +68,27 @@ pub struct FleetRevisionSpec {
     #[x_kube(validation = kube::core::Rule::new("self.all(a, self.exists_one(b, b.architecture == a.architecture))").message("one state per architecture"))]
     #[schemars(length(max = 8))]
     pub architectures: Vec<ArchitectureState>,
+    /// The configuration files delivered with the state (the same on every architecture), by
+    /// digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub files: Vec<ResolvedFile>,
+}
+
+/// A configuration file of the template, resolved to its content's digest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedFile {
+    /// Where the file goes, relative to the device's configuration directory.
+    #[schemars(length(max = 1024))]
+    pub path: String,
+    /// The digest of its content (`sha256:<hex>`).
+    #[schemars(length(max = 71))]
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: i64,
+    /// Its permission bits.
+    pub mode: i32,
 }
 
 /// The device state of one architecture.
@@ -133,6 +154,7 @@ pub struct FleetRevisionStatus {
     pub observed_generation: Option<i64>,
     /// The architectures this revision provides, comma separated, for display.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub architectures: Option<String>,
     /// Devices whose target is this revision.
     #[serde(default)]

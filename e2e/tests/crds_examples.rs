@@ -217,6 +217,7 @@ fn revision(name: &str) -> FleetRevision {
             revision: 1,
             template_hash: "a".repeat(64),
             architectures: vec![state(Architecture::Amd64), state(Architecture::Arm64)],
+            files: vec![],
         },
     )
 }

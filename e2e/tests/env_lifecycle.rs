@@ -7,7 +7,8 @@ use std::path::Path;
 use edgevisor_e2e::Env;
 
 fn env_script(env: &Env, dir: &Path, args: &[&str]) -> edgevisor_e2e::Cmd {
-    env.command_in_repo("e2e/env", args).env("EDGEVISOR_ENV_DIR", dir.to_string_lossy())
+    env.command_in_repo("e2e/env", args)
+        .env("EDGEVISOR_ENV_DIR", dir.to_string_lossy())
 }
 
 fn pids(dir: &Path) -> Vec<u32> {
@@ -28,7 +29,9 @@ fn ports(dir: &Path) -> Vec<u16> {
 
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
 }
 
 #[test]
@@ -41,9 +44,14 @@ fn up_names_a_taken_port_and_down_cleans_up_after_it() {
         .env("EDGEVISOR_APISERVER_PORT", port.to_string())
         .run()
         .expect_err("up with the apiserver's port taken");
-    assert!(err.contains(&format!("kube-apiserver: port 127.0.0.1:{port} is taken")), "{err}");
+    assert!(
+        err.contains(&format!("kube-apiserver: port 127.0.0.1:{port} is taken")),
+        "{err}"
+    );
     let started = pids(dir.path());
-    env_script(env, dir.path(), &["down"]).run().expect_ok("down after a failed up");
+    env_script(env, dir.path(), &["down"])
+        .run()
+        .expect_ok("down after a failed up");
     for pid in started {
         assert!(!alive(pid), "pid {pid} still runs after down");
     }
@@ -54,24 +62,42 @@ fn up_then_down_leaves_no_process_and_no_port() {
     let env = Env::get();
     let dir = tempfile::tempdir().expect("tempdir");
     env_script(env, dir.path(), &["up"]).run().expect_ok("up");
-    let status = env_script(env, dir.path(), &["status"]).run().expect_ok("status");
+    let status = env_script(env, dir.path(), &["status"])
+        .run()
+        .expect_ok("status");
     for name in ["etcd", "kube-apiserver", "registry"] {
-        assert!(status.lines().any(|l| l.starts_with(name) && l.contains("running")), "{status}");
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains("running")),
+            "{status}"
+        );
     }
     // `up` again is a no-op on a running environment.
-    env_script(env, dir.path(), &["up"]).run().expect_ok("up again");
+    env_script(env, dir.path(), &["up"])
+        .run()
+        .expect_ok("up again");
     let running = pids(dir.path());
     let used = ports(dir.path());
     assert_eq!(running.len(), 3, "{running:?}");
     assert_eq!(used.len(), 4, "{used:?}");
 
-    env_script(env, dir.path(), &["down"]).run().expect_ok("down");
+    env_script(env, dir.path(), &["down"])
+        .run()
+        .expect_ok("down");
     for pid in running {
         assert!(!alive(pid), "pid {pid} still runs after down");
     }
     for port in used {
-        assert!(TcpListener::bind(("127.0.0.1", port)).is_ok(), "port {port} still taken after down");
+        assert!(
+            TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} still taken after down"
+        );
     }
     let status = env_script(env, dir.path(), &["status"]).run();
-    assert!(!status.ok() && status.stdout.contains("stopped"), "{}", status.stdout);
+    assert!(
+        !status.ok() && status.stdout.contains("stopped"),
+        "{}",
+        status.stdout
+    );
 }
