@@ -141,7 +141,7 @@ async fn sigkill_at_random_moments_always_recovers() {
                 container("side", &image, "exec sleep 1000"),
             ],
             10,
-            if pad % 2 == 0 { 1 } else { 0 },
+            if pad.is_multiple_of(2) { 1 } else { 0 },
         );
         (vec![busybox_layer.clone(), config.clone(), layer], st)
     };
