@@ -1,2 +1,7 @@
 //! The edgevisor cluster controller and device gateway (DESIGN §2, §5, §6).
+//!
+//! `rollout` holds the decisions (pure functions, tested without a cluster); the reconcilers
+//! that read watch caches and write what those decisions say come on top of it.
 #![forbid(unsafe_code)]
+
+pub mod rollout;
