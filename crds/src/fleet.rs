@@ -167,10 +167,12 @@ pub struct DeviceTemplate {
 /// One container of the device state.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.healthCheck) || !(has(self.healthCheck.http) || has(self.healthCheck.tcp)) || (has(self.hostNetwork) && self.hostNetwork)").message("http and tcp health checks reach the container on the device's loopback: set hostNetwork: true, or use an exec check"))]
 pub struct ContainerTemplate {
-    /// The container's name: a DNS-1123 label, unique within the template.
+    /// The container's name: a DNS-1123 label of at most 32 characters, unique within the
+    /// template.
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("container name must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or digit"))]
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 32))]
     pub name: String,
 
     /// The image, by tag or digest: `registry.example.com/app:1.4` or
@@ -270,7 +272,7 @@ pub struct EnvVar {
 pub struct Volume {
     /// The volume's name, referred to by container mounts.
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("volume name must be a DNS-1123 label"))]
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 32))]
     pub name: String,
     /// Keep the content across revisions and reboots (data), instead of starting empty with
     /// each revision (scratch).

@@ -59,10 +59,20 @@ fn every_string_and_list_is_bounded() {
         if is("array") && !has("maxItems") {
             unbounded.push(format!("{path} (list)"));
         }
-        if is("object") && map.get("additionalProperties").is_some_and(|a| a.is_object()) && !has("maxProperties") {
+        if is("object")
+            && map
+                .get("additionalProperties")
+                .is_some_and(|a| a.is_object())
+            && !has("maxProperties")
+        {
             unbounded.push(format!("{path} (map)"));
         }
-        for (name, child) in map.get("properties").and_then(|p| p.as_object()).into_iter().flatten() {
+        for (name, child) in map
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .into_iter()
+            .flatten()
+        {
             walk(child, &format!("{path}.{name}"), unbounded);
         }
         if let Some(items) = map.get("items") {
@@ -75,8 +85,19 @@ fn every_string_and_list_is_bounded() {
     for (file, crd) in edgevisor_crds::crds() {
         let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema");
         let mut unbounded = Vec::new();
-        walk(&schema["openAPIV3Schema"]["properties"]["spec"], ".spec", &mut unbounded);
-        walk(&schema["openAPIV3Schema"]["properties"]["status"], ".status", &mut unbounded);
-        assert!(unbounded.is_empty(), "{file}: unbounded fields: {unbounded:#?}");
+        walk(
+            &schema["openAPIV3Schema"]["properties"]["spec"],
+            ".spec",
+            &mut unbounded,
+        );
+        walk(
+            &schema["openAPIV3Schema"]["properties"]["status"],
+            ".status",
+            &mut unbounded,
+        );
+        assert!(
+            unbounded.is_empty(),
+            "{file}: unbounded fields: {unbounded:#?}"
+        );
     }
 }

@@ -135,6 +135,14 @@ fn cases() -> Vec<Case> {
             message: "a health check takes exactly one of exec, http, tcp or signal",
         },
         Case {
+            what: "an http health check on an isolated network",
+            manifest: fleet(|s| {
+                s["template"]["containers"][0]["healthCheck"] = json!({"http": {"port": 80}})
+            }),
+            field: "spec.template.containers[0]",
+            message: "http and tcp health checks reach the container on the device's loopback",
+        },
+        Case {
             what: "a file path that climbs out",
             manifest: fleet(|s| {
                 s["template"]["files"] = json!([{"path": "../etc/passwd", "content": "x"}])
