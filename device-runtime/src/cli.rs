@@ -150,4 +150,12 @@ pub enum EvctlCommand {
     },
     /// Version of the runtime.
     Buildinfo,
+    /// Measure GET requests per second over one keep-alive connection.
+    #[command(hide = true)]
+    Bench {
+        #[arg(default_value = "/steps")]
+        path: String,
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+    },
 }

@@ -207,8 +207,6 @@ async fn run_loop(
             break;
         }
         let _ = std::fs::remove_file(&pid_file);
-        // A leftover with our id (e.g. after a crash) would make `run` fail.
-        let _ = oci.delete_force(&spec.id).await;
         update(&status, |s| {
             s.state = RunState::Starting;
             s.pid = None;
@@ -302,6 +300,9 @@ async fn run_loop(
             let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
         }
         let code = exit.and_then(|s| s.code()).unwrap_or(-1);
+        // Foreground `run` deletes on exit, but not if it failed half-way; a leftover
+        // with our id would make every restart fail.
+        let _ = oci.delete_force(&spec.id).await;
         tracing::info!(container = %spec.container.name, code, "exited");
         update(&status, |s| {
             s.state = RunState::Exited;

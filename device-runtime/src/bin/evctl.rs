@@ -244,6 +244,15 @@ async fn run(args: EvctlArgs) -> Result<()> {
                 }
             }
         }
+        EvctlCommand::Bench { path, requests } => {
+            c.get_json(&path).await?;
+            let t = std::time::Instant::now();
+            for _ in 0..requests {
+                c.get_json(&path).await?;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            println!("{:.0}", requests as f64 / secs);
+        }
         EvctlCommand::Buildinfo => {
             let v = c.get_json("/buildinfo").await?;
             if json {
