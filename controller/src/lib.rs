@@ -4,4 +4,6 @@
 //! that read watch caches and write what those decisions say come on top of it.
 #![forbid(unsafe_code)]
 
+pub mod registry;
+pub mod render;
 pub mod rollout;
