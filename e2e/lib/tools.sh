@@ -144,4 +144,26 @@ ensure_tools() {
   h=$(go_build_cached helm "$HELM_VERSION" _setup_helm) || exit 1
   export KUBE_BIN=$k ETCD_BIN=$e HELM_BIN=$h
   export PATH="$k:$e:$h:$PATH"
+  ensure_kstatus
+}
+
+# The kstatus command (e2e/kstatus: the status model of sigs.k8s.io/cli-utils, which kpt, Config
+# Sync, Flux and Helm 4's --wait share), and the cli-utils version its go.mod pins: the cache key.
+KSTATUS_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../kstatus" && pwd)
+KSTATUS_VERSION=$(sed -n 's#^[[:space:]]*sigs\.k8s\.io/cli-utils \(v[^[:space:]]*\).*#\1#p' "$KSTATUS_SRC/go.mod")
+
+_setup_kstatus() {
+  local out=$2
+  cp "$KSTATUS_SRC"/go.mod "$KSTATUS_SRC"/go.sum "$KSTATUS_SRC"/*.go .
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/kstatus" .
+}
+
+# ensure_kstatus — builds kstatus once into $EDGEVISOR_CACHE/kstatus-$KSTATUS_VERSION/kstatus;
+# exports KSTATUS_BIN, its path. The cache is keyed by the cli-utils version only: after a change
+# to e2e/kstatus/main.go alone, remove that directory.
+ensure_kstatus() {
+  [ -n "$KSTATUS_VERSION" ] || die "$KSTATUS_SRC/go.mod does not require sigs.k8s.io/cli-utils"
+  local dir
+  dir=$(go_build_cached kstatus "$KSTATUS_VERSION" _setup_kstatus) || exit 1
+  export KSTATUS_BIN=$dir/kstatus
 }

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, bail};
 
+pub mod kstatus;
+
 /// The running test environment.
 pub struct Env {
     /// The repository's root.
