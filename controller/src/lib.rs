@@ -4,6 +4,12 @@
 //! that read watch caches and write what those decisions say come on top of it.
 #![forbid(unsafe_code)]
 
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
 pub mod registry;
 pub mod render;
 pub mod rollout;
+pub mod serve;
+pub mod status;
+pub mod views;

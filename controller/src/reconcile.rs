@@ -1,0 +1,764 @@
+//! The fleet reconciler: for each Fleet, render or find its FleetRevision, read its Devices
+//! from the watch cache, plan the rollout, write new targets and the Fleet's status.
+//!
+//! Everything read comes from reflector stores (watch caches); the only API calls are writes,
+//! the rendering of a new template (registry, ConfigMaps), and nothing per device per event.
+//! Because a cache may lag the writes this controller just made, targets it wrote are kept in
+//! an overlay until the cache shows them, so a quick second reconcile never sees a device as
+//! not yet targeted and starts one too many.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edgevisor_crds::common::condition::{READY, ROLLOUT_ABORTED};
+use edgevisor_crds::fleet::{ArchitectureCounts, FleetStatus};
+use edgevisor_crds::fleet_revision::{FleetRevisionSpec, FleetRevisionStatus};
+use edgevisor_crds::{Architecture, Device, Fleet, FleetRevision};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::metrics::Metrics;
+use crate::registry::{PlatformImage, Registry};
+use crate::render::{self, FileContent};
+use crate::rollout::{self, FleetView, Phase, RolloutMemory};
+use crate::status;
+use crate::views::{self, TARGETED_AT};
+
+/// The field manager of every write this controller makes.
+pub const FIELD_MANAGER: &str = "edgevisor-controller";
+/// The label that ties a FleetRevision to its Fleet.
+pub const FLEET_LABEL: &str = "edgevisor.dev/fleet";
+const DEFAULT_HISTORY: usize = 10;
+/// How long an overlay entry is trusted over the cache.
+const OVERLAY_TTL: Duration = Duration::from_secs(120);
+
+/// Errors of one reconcile; each is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Render(String),
+    #[error("object has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A label for the error metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Render(_) => "render",
+            Error::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+/// Targets written but maybe not yet in the cache: (namespace, device) → (revision, when set
+/// in seconds since the epoch, when written by this process).
+pub type Overlay = HashMap<(String, String), (String, i64, Instant)>;
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub registry: Registry,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub fleets: Store<Fleet>,
+    pub devices: Store<Device>,
+    pub revisions: Store<FleetRevision>,
+    /// Targets written but maybe not yet in the cache.
+    pub written: Mutex<Overlay>,
+    /// Parallel target writes.
+    pub write_concurrency: usize,
+}
+
+/// Requeue after an error, with a delay that does not hammer the apiserver or the registry.
+pub fn error_policy(fleet: Arc<Fleet>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(fleet = %fleet.name_any(), namespace = ?fleet.namespace(), %error, "reconcile failed");
+    ctx.metrics.error(error.metric_label());
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// Reconciles one Fleet.
+#[instrument(skip(fleet, ctx), fields(fleet = %fleet.name_any(), namespace = ?fleet.namespace()))]
+pub async fn reconcile(fleet: Arc<Fleet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&fleet, &ctx).await;
+    ctx.metrics.reconciled(started.elapsed());
+    result
+}
+
+async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> {
+    let ns = fleet.namespace().ok_or(Error::NoNamespace)?;
+    let name = fleet.name_any();
+    let now = Timestamp::now();
+    let fleets: Api<Fleet> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // 1. The revision to roll out: the template's (rendered once), or the one asked for.
+    let revisions: Vec<Arc<FleetRevision>> = ctx
+        .revisions
+        .state()
+        .into_iter()
+        .filter(|r| r.namespace().as_deref() == Some(ns.as_str()) && r.spec.fleet == name)
+        .collect();
+    let hash = render::template_hash(&fleet.spec.template);
+    let template_name =
+        render::revision_name(&name, &hash).map_err(|e| Error::Render(e.to_string()))?;
+    let template_revision = match revisions.iter().find(|r| r.name_any() == template_name) {
+        Some(r) => r.clone(),
+        None => match create_revision(fleet, ctx, &template_name, &hash, &revisions).await {
+            Ok(r) => Arc::new(r),
+            Err(Error::Render(message)) => {
+                write_render_failure(fleet, ctx, &fleets, &message, now).await?;
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    let update = match &fleet.spec.rollback_to {
+        None => template_revision.clone(),
+        Some(wanted) => match revisions.iter().find(|r| &r.name_any() == wanted) {
+            Some(r) => r.clone(),
+            None => {
+                let message = format!(
+                    "spec.rollbackTo names {wanted}, which is not a retained revision of this fleet"
+                );
+                write_render_failure(fleet, ctx, &fleets, &message, now).await?;
+                return Ok(Action::requeue(Duration::from_secs(60)));
+            }
+        },
+    };
+    let update_name = update.name_any();
+    let supported: BTreeSet<Architecture> = update
+        .spec
+        .architectures
+        .iter()
+        .map(|a| a.architecture)
+        .collect();
+
+    // 2. Its devices, from the cache, with this controller's own recent writes laid over.
+    let Some(selector) = views::selector(fleet) else {
+        write_render_failure(fleet, ctx, &fleets, "spec.selector cannot be parsed", now).await?;
+        return Ok(Action::await_change());
+    };
+    let others: Vec<(Arc<Fleet>, kube::core::Selector)> = ctx
+        .fleets
+        .state()
+        .into_iter()
+        .filter(|f| f.namespace().as_deref() == Some(ns.as_str()) && f.name_any() != name)
+        .filter_map(|f| views::selector(&f).map(|s| (f, s)))
+        .collect();
+    let overlay = {
+        let mut written = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
+        written.retain(|_, (_, _, when)| when.elapsed() < OVERLAY_TTL);
+        written.clone()
+    };
+    let mut devices = Vec::new();
+    let mut conflicted = Vec::new();
+    for device in ctx.devices.state() {
+        if !views::selects(fleet, &selector, &device) {
+            continue;
+        }
+        if others.iter().any(|(f, s)| views::selects(f, s, &device)) {
+            conflicted.push(device.name_any());
+            continue;
+        }
+        let key = (ns.clone(), device.name_any());
+        let pending = overlay
+            .get(&key)
+            .filter(|(revision, _, _)| device.spec.revision.as_ref() != Some(revision))
+            .map(|(revision, at, _)| (revision.as_str(), *at));
+        devices.push(views::device_view(&device, pending));
+    }
+    if !conflicted.is_empty() {
+        publish(
+            ctx,
+            fleet,
+            EventType::Warning,
+            "DevicesInTwoFleets",
+            format!(
+                "{} devices are selected by this and another fleet and are left alone: {}",
+                conflicted.len(),
+                conflicted
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .await;
+    }
+
+    // 3. The plan.
+    let old = fleet.status.as_ref();
+    let memory = memory_of(old, fleet.spec.strategy.steps.len());
+    let view = FleetView {
+        strategy: &fleet.spec.strategy,
+        paused: fleet.spec.paused,
+        resume: fleet.spec.resume.as_ref(),
+        update_revision: &update_name,
+        stable_revision: old.and_then(|s| s.stable_revision.as_deref()),
+        supported: &supported,
+        now: now.as_second(),
+    };
+    let plan = rollout::plan(&view, &memory, &devices);
+
+    // 4. New targets, then the status that reports them.
+    write_targets(ctx, &ns, &plan.retarget, now).await?;
+    let architectures = architecture_counts(&devices, &supported, &update_name);
+    let steps = fleet.spec.strategy.steps.len();
+    let new_status = status::fleet_status(
+        old,
+        &plan,
+        steps,
+        architectures,
+        fleet.meta().generation,
+        now,
+    );
+    if old != Some(&new_status) {
+        let patch =
+            json!({"apiVersion": "edgevisor.dev/v1alpha1", "kind": "Fleet", "status": new_status});
+        fleets
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await?;
+    }
+    announce(ctx, fleet, old, &memory, &plan, &update_name).await;
+    ctx.metrics.devices(&ns, &name, views::states(&devices));
+
+    // 5. Revisions: how many devices use each, and forget the old ones nobody uses.
+    tidy_revisions(
+        ctx,
+        fleet,
+        &ns,
+        &revisions,
+        &devices,
+        &update_name,
+        plan.stable_revision.as_deref(),
+    )
+    .await?;
+
+    info!(
+        revision = %update_name,
+        phase = ?plan.phase,
+        retargeted = plan.retarget.len(),
+        devices = devices.len(),
+        "reconciled"
+    );
+    Ok(match plan.requeue_after {
+        Some(seconds) => Action::requeue(Duration::from_secs(seconds.clamp(1, 300) as u64)),
+        None => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+/// What the Fleet's status remembers of the rollout.
+fn memory_of(status: Option<&FleetStatus>, steps: usize) -> RolloutMemory {
+    let Some(status) = status else {
+        return RolloutMemory::default();
+    };
+    let step = match status.current_step.as_deref() {
+        Some("done") => steps,
+        Some(s) => s.parse().unwrap_or(0),
+        None => 0,
+    };
+    let aborted = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == ROLLOUT_ABORTED && c.status == "True");
+    RolloutMemory {
+        revision: status.update_revision.clone(),
+        step,
+        pause_started_at: status.pause_started_at.as_ref().map(|t| t.0.as_second()),
+        aborted,
+    }
+}
+
+fn architecture_counts(
+    devices: &[rollout::DeviceView],
+    supported: &BTreeSet<Architecture>,
+    update: &str,
+) -> Vec<ArchitectureCounts> {
+    let mut by_arch: BTreeMap<Architecture, ArchitectureCounts> = BTreeMap::new();
+    for d in devices {
+        let Some(arch) = d.architecture else { continue };
+        let c = by_arch.entry(arch).or_insert_with(|| ArchitectureCounts {
+            architecture: arch,
+            devices: 0,
+            updated: 0,
+            ready: 0,
+            failed: 0,
+            supported: supported.contains(&arch),
+        });
+        c.devices += 1;
+        let on_update = d.current.as_deref() == Some(update);
+        c.updated += i32::from(on_update);
+        c.ready += i32::from(on_update && d.ready);
+        let failed = d.target.as_deref() == Some(update)
+            && d.update
+                .as_ref()
+                .is_some_and(|u| u.revision == update && u.status.is_failure());
+        c.failed += i32::from(failed);
+    }
+    by_arch.into_values().collect()
+}
+
+/// Writes `spec.revision` (and when) on each device, by server-side apply, in parallel.
+async fn write_targets(
+    ctx: &Context,
+    ns: &str,
+    retarget: &[(String, String)],
+    now: Timestamp,
+) -> Result<(), Error> {
+    if retarget.is_empty() {
+        return Ok(());
+    }
+    let api: Api<Device> = Api::namespaced(ctx.client.clone(), ns);
+    let at = now.to_string();
+    let writes = retarget.iter().cloned().map(|(device, revision)| {
+        let (api, at) = (api.clone(), at.clone());
+        async move {
+            let patch = json!({
+                "apiVersion": "edgevisor.dev/v1alpha1",
+                "kind": "Device",
+                "metadata": {"name": device, "annotations": {TARGETED_AT: at}},
+                "spec": {"revision": revision},
+            });
+            api.patch(
+                &device,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await?;
+            Ok::<_, Error>((device, revision))
+        }
+    });
+    let mut results = futures::stream::iter(writes).buffer_unordered(ctx.write_concurrency.max(1));
+    let mut first_error = None;
+    while let Some(result) = results.next().await {
+        match result {
+            Ok((device, revision)) => {
+                ctx.written
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        (ns.to_string(), device),
+                        (revision, now.as_second(), Instant::now()),
+                    );
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    ctx.metrics.device_writes(retarget.len());
+    Ok(())
+}
+
+/// Renders the template and creates its FleetRevision.
+async fn create_revision(
+    fleet: &Fleet,
+    ctx: &Context,
+    name: &str,
+    hash: &str,
+    existing: &[Arc<FleetRevision>],
+) -> Result<FleetRevision, Error> {
+    let ns = fleet.namespace().ok_or(Error::NoNamespace)?;
+    let template = &fleet.spec.template;
+    let mut images: Vec<BTreeMap<Architecture, PlatformImage>> = Vec::new();
+    for container in &template.containers {
+        let mut platforms = ctx
+            .registry
+            .resolve(&container.image)
+            .await
+            .map_err(|e| Error::Render(e.to_string()))?;
+        for o in &container.image_overrides {
+            let mut theirs = ctx
+                .registry
+                .resolve(&o.image)
+                .await
+                .map_err(|e| Error::Render(e.to_string()))?;
+            match theirs.remove(&o.architecture) {
+                Some(image) => {
+                    platforms.insert(o.architecture, image);
+                }
+                None => {
+                    return Err(Error::Render(format!(
+                        "container {}: image override {} provides no {} image",
+                        container.name, o.image, o.architecture
+                    )));
+                }
+            }
+        }
+        images.push(platforms);
+    }
+    let files = file_contents(ctx, &ns, fleet).await?;
+    let rendered =
+        render::render(template, &images, &files).map_err(|e| Error::Render(e.to_string()))?;
+    let sequence = existing.iter().map(|r| r.spec.revision).max().unwrap_or(0) + 1;
+    let mut revision = FleetRevision::new(
+        name,
+        FleetRevisionSpec {
+            fleet: fleet.name_any(),
+            revision: sequence,
+            template_hash: hash.to_string(),
+            architectures: rendered.architectures,
+            files: rendered.files,
+        },
+    );
+    revision.metadata.namespace = Some(ns.clone());
+    revision.metadata.labels = Some([(FLEET_LABEL.to_string(), fleet.name_any())].into());
+    revision.metadata.owner_references = fleet.controller_owner_ref(&()).map(|o| vec![o]);
+    let api: Api<FleetRevision> = Api::namespaced(ctx.client.clone(), &ns);
+    let created = match api
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &revision,
+        )
+        .await
+    {
+        Ok(created) => created,
+        // Created by an earlier run whose cache did not show it yet.
+        Err(kube::Error::Api(e)) if e.code == 409 => api.get(name).await?,
+        Err(e) => return Err(e.into()),
+    };
+    let arches: Vec<&str> = created
+        .spec
+        .architectures
+        .iter()
+        .map(|a| a.architecture.as_str())
+        .collect();
+    publish(
+        ctx,
+        fleet,
+        EventType::Normal,
+        "RevisionCreated",
+        format!(
+            "rendered {name} (revision {sequence}) for {}",
+            arches.join(", ")
+        ),
+    )
+    .await;
+    Ok(created)
+}
+
+/// The delivered files' contents, inline or from ConfigMaps and Secrets of the namespace.
+async fn file_contents(ctx: &Context, ns: &str, fleet: &Fleet) -> Result<Vec<FileContent>, Error> {
+    let mut out = Vec::new();
+    for f in &fleet.spec.template.files {
+        let bytes = if let Some(content) = &f.content {
+            content.clone().into_bytes()
+        } else if let Some(r) = &f.config_map_key_ref {
+            let cm: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+            let map = cm.get_opt(&r.name).await?.ok_or_else(|| {
+                Error::Render(format!("file {}: ConfigMap {} not found", f.path, r.name))
+            })?;
+            let text = map
+                .data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|s| s.clone().into_bytes());
+            let binary = map
+                .binary_data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|b| b.0.clone());
+            text.or(binary).ok_or_else(|| {
+                Error::Render(format!(
+                    "file {}: ConfigMap {} has no key {}",
+                    f.path, r.name, r.key
+                ))
+            })?
+        } else if let Some(r) = &f.secret_key_ref {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+            let secret = secrets
+                .get_opt(&r.name)
+                .await
+                .map_err(|e| {
+                    Error::Render(format!("file {}: reading Secret {}: {e}", f.path, r.name))
+                })?
+                .ok_or_else(|| {
+                    Error::Render(format!("file {}: Secret {} not found", f.path, r.name))
+                })?;
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|b| b.0.clone())
+                .ok_or_else(|| {
+                    Error::Render(format!(
+                        "file {}: Secret {} has no key {}",
+                        f.path, r.name, r.key
+                    ))
+                })?
+        } else {
+            return Err(Error::Render(format!("file {} has no content", f.path)));
+        };
+        out.push(FileContent {
+            path: f.path.clone(),
+            mode: f.mode.unwrap_or(0o644).clamp(0, 0o777) as u32,
+            bytes,
+        });
+    }
+    Ok(out)
+}
+
+async fn write_render_failure(
+    fleet: &Fleet,
+    ctx: &Context,
+    fleets: &Api<Fleet>,
+    message: &str,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let old = fleet.status.clone().unwrap_or_default();
+    let conditions = status::merge_conditions(
+        &old.conditions,
+        status::render_failed_conditions(message),
+        fleet.meta().generation,
+        now,
+    );
+    if conditions == old.conditions && old.observed_generation == fleet.meta().generation {
+        return Ok(());
+    }
+    publish(
+        ctx,
+        fleet,
+        EventType::Warning,
+        "RenderFailed",
+        message.to_string(),
+    )
+    .await;
+    let patch = json!({
+        "apiVersion": "edgevisor.dev/v1alpha1", "kind": "Fleet",
+        "status": {"observedGeneration": fleet.meta().generation, "conditions": conditions}
+    });
+    fleets
+        .patch_status(
+            &fleet.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Events for what a human should see: steps reached, pauses, aborts, roll backs, completion.
+async fn announce(
+    ctx: &Context,
+    fleet: &Fleet,
+    old: Option<&FleetStatus>,
+    memory: &RolloutMemory,
+    plan: &rollout::Plan,
+    update: &str,
+) {
+    let old_reason = old
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+        .map(|c| c.reason.as_str())
+        .unwrap_or_default();
+    let same_rollout = memory.revision.as_deref() == Some(update);
+    if !same_rollout {
+        publish(
+            ctx,
+            fleet,
+            EventType::Normal,
+            "RolloutStarted",
+            format!("rolling out {update}"),
+        )
+        .await;
+    } else if plan.memory.step > memory.step && plan.phase != Phase::Complete {
+        publish(
+            ctx,
+            fleet,
+            EventType::Normal,
+            "StepReached",
+            format!(
+                "{update}: step {} of {}",
+                plan.memory.step + 1,
+                fleet.spec.strategy.steps.len()
+            ),
+        )
+        .await;
+    }
+    let rollback = plan
+        .retarget
+        .iter()
+        .filter(|(_, r)| r != update && Some(r.as_str()) == plan.stable_revision.as_deref())
+        .count();
+    let (kind, reason, note) = match &plan.phase {
+        Phase::Complete if old_reason != "RolloutComplete" => (
+            EventType::Normal,
+            "RolloutComplete",
+            format!("every device runs {update}"),
+        ),
+        Phase::Aborted if old_reason != "RolloutAborted" => (
+            EventType::Warning,
+            "RolloutAborted",
+            format!(
+                "{} devices failed {update}; the rollout stopped",
+                plan.counts.failed
+            ),
+        ),
+        Phase::WaitingForResume { step } if old_reason != "WaitingForResume" => (
+            EventType::Normal,
+            "WaitingForResume",
+            format!(
+                "step {step} done; set spec.resume to {{revision: {update}, step: {step}}} to go on"
+            ),
+        ),
+        Phase::Paused { step, remaining } if old_reason != "StepPaused" => (
+            EventType::Normal,
+            "StepPaused",
+            format!("step {step} done; pausing {remaining}s"),
+        ),
+        _ => (EventType::Normal, "", String::new()),
+    };
+    if !reason.is_empty() {
+        publish(ctx, fleet, kind, reason, note).await;
+    }
+    if rollback > 0 {
+        publish(
+            ctx,
+            fleet,
+            EventType::Warning,
+            "RolledBack",
+            format!(
+                "sent {rollback} devices back to {}",
+                plan.stable_revision.as_deref().unwrap_or_default()
+            ),
+        )
+        .await;
+    }
+}
+
+async fn publish(ctx: &Context, fleet: &Fleet, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Rollout".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &fleet.object_ref(&())).await {
+        warn!(%error, reason, "could not record event");
+    }
+}
+
+/// Updates each revision's device count and deletes revisions beyond `revisionHistoryLimit`
+/// that no device uses.
+async fn tidy_revisions(
+    ctx: &Context,
+    fleet: &Fleet,
+    ns: &str,
+    revisions: &[Arc<FleetRevision>],
+    devices: &[rollout::DeviceView],
+    update: &str,
+    stable: Option<&str>,
+) -> Result<(), Error> {
+    let api: Api<FleetRevision> = Api::namespaced(ctx.client.clone(), ns);
+    let mut in_use: BTreeSet<&str> = [update].into_iter().chain(stable).collect();
+    in_use.extend(fleet.spec.rollback_to.as_deref());
+    for d in devices {
+        in_use.extend(d.target.as_deref());
+        in_use.extend(d.current.as_deref());
+        in_use.extend(d.pinned.as_deref());
+    }
+    for revision in revisions {
+        let name = revision.name_any();
+        let count = devices
+            .iter()
+            .filter(|d| d.target.as_deref() == Some(name.as_str()))
+            .count();
+        let arches: Vec<&str> = revision
+            .spec
+            .architectures
+            .iter()
+            .map(|a| a.architecture.as_str())
+            .collect();
+        let wanted = FleetRevisionStatus {
+            observed_generation: revision.meta().generation,
+            architectures: Some(arches.join(",")),
+            devices: i32::try_from(count).unwrap_or(i32::MAX),
+            conditions: revision
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default(),
+        };
+        if revision.status.as_ref() != Some(&wanted) {
+            let patch = json!({"apiVersion": "edgevisor.dev/v1alpha1", "kind": "FleetRevision", "status": wanted});
+            api.patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await?;
+        }
+    }
+    let limit = fleet
+        .spec
+        .revision_history_limit
+        .map_or(DEFAULT_HISTORY, |l| l.max(0) as usize);
+    let mut unused: Vec<&Arc<FleetRevision>> = revisions
+        .iter()
+        .filter(|r| !in_use.contains(r.name_any().as_str()))
+        .collect();
+    unused.sort_by_key(|r| std::cmp::Reverse(r.spec.revision));
+    for old in unused.into_iter().skip(limit) {
+        info!(revision = %old.name_any(), "deleting a revision beyond revisionHistoryLimit");
+        match api.delete(&old.name_any(), &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The Fleets a Device event concerns: those selecting it, and the one whose revision it
+/// targets (it may have just left that fleet's selector).
+pub fn fleets_for_device(fleets: &Store<Fleet>, device: &Device) -> Vec<ObjectRef<Fleet>> {
+    let ns = device.namespace().unwrap_or_default();
+    let mut out: Vec<ObjectRef<Fleet>> = fleets
+        .state()
+        .into_iter()
+        .filter(|f| f.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|f| views::selector(f).is_some_and(|s| views::selects(f, &s, device)))
+        .map(|f| ObjectRef::from_obj(&*f))
+        .collect();
+    for revision in [
+        device.spec.revision.as_deref(),
+        device
+            .status
+            .as_ref()
+            .and_then(|s| s.current_revision.as_deref()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Some(fleet) = views::fleet_of_revision(revision) {
+            let r = ObjectRef::new(fleet).within(&ns);
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,108 @@
+//! From Kubernetes objects to the plain views the rollout plan reads. Pure.
+use std::collections::BTreeMap;
+
+use edgevisor_crds::common::condition::{ONLINE, READY};
+use edgevisor_crds::{Device, Fleet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+
+use crate::rollout::{DeviceView, UpdateReport};
+
+/// The annotation beside `spec.revision` that records when the controller set it, so a
+/// device's progress deadline survives a controller restart.
+pub const TARGETED_AT: &str = "edgevisor.dev/targeted-at";
+
+fn condition_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// The plan's view of a Device. `target_override` is a target this controller wrote that the
+/// watch cache may not show yet.
+pub fn device_view(device: &Device, target_override: Option<(&str, i64)>) -> DeviceView {
+    let status = device.status.as_ref();
+    let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let targeted_at = device
+        .annotations()
+        .get(TARGETED_AT)
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(|t| t.as_second());
+    let (target, targeted_at) = match target_override {
+        Some((revision, at)) => (Some(revision.to_string()), Some(at)),
+        None => (device.spec.revision.clone(), targeted_at),
+    };
+    DeviceView {
+        name: device.name_any(),
+        architecture: status.and_then(|s| s.architecture),
+        target,
+        current: status.and_then(|s| s.current_revision.clone()),
+        update: status
+            .and_then(|s| s.update.as_ref())
+            .map(|u| UpdateReport {
+                revision: u.revision.clone(),
+                status: u.status,
+                started_at: u.started_at.as_ref().map(|t| t.0.as_second()),
+            }),
+        targeted_at,
+        paused: device.spec.paused,
+        pinned: device.spec.pinned_revision.clone(),
+        online: condition_true(conditions, ONLINE),
+        ready: condition_true(conditions, READY),
+    }
+}
+
+/// The fleet's label selector; a selector that cannot be parsed selects nothing.
+pub fn selector(fleet: &Fleet) -> Option<Selector> {
+    Selector::try_from(fleet.spec.selector.clone()).ok()
+}
+
+/// Whether `fleet` selects `device`: same namespace, labels match.
+pub fn selects(fleet: &Fleet, selector: &Selector, device: &Device) -> bool {
+    fleet.namespace() == device.namespace() && selector.matches(device.labels())
+}
+
+/// The Fleet a revision name belongs to: the name without its `-<10 hex>` suffix.
+pub fn fleet_of_revision(revision: &str) -> Option<&str> {
+    let (fleet, hash) = revision.rsplit_once('-')?;
+    (hash.len() == 10 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(fleet)
+}
+
+/// Devices per state, for metrics.
+pub fn states(views: &[DeviceView]) -> BTreeMap<&'static str, usize> {
+    let mut out = BTreeMap::new();
+    for v in views {
+        let state = match (&v.update, v.current == v.target) {
+            (_, true) => "current",
+            (Some(u), false) if u.status.is_failure() => "failed",
+            (_, false) => "updating",
+        };
+        *out.entry(state).or_default() += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revision_names_lead_back_to_their_fleet() {
+        assert_eq!(fleet_of_revision("kiosks-0123456789"), Some("kiosks"));
+        assert_eq!(fleet_of_revision("my-fleet-abcdef0123"), Some("my-fleet"));
+        assert_eq!(fleet_of_revision("kiosks-latest"), None);
+        assert_eq!(fleet_of_revision("kiosks"), None);
+    }
+
+    #[test]
+    fn a_device_without_status_is_offline_and_of_unknown_architecture() {
+        let device = Device::new("d", Default::default());
+        let view = device_view(&device, None);
+        assert!(!view.online);
+        assert_eq!(view.architecture, None);
+        let view = device_view(&device, Some(("f-0123456789", 7)));
+        assert_eq!(view.target.as_deref(), Some("f-0123456789"));
+        assert_eq!(view.targeted_at, Some(7));
+    }
+}
