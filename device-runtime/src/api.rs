@@ -274,7 +274,10 @@ pub async fn serve(listener: UnixListener, d: Arc<Daemon>, shutdown: impl Future
                         let caller = caller.clone();
                         async move { Ok::<_, Infallible>(handle(d, caller, req).await) }
                     });
+                    // Small buffers: uploads stream to disk anyway, and a device's
+                        // memory is better spent elsewhere.
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .max_buf_size(64 * 1024)
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });

@@ -466,3 +466,59 @@ async fn crafted_layer_fails_the_install_and_the_device_keeps_running() {
     assert!(!dev.storage().join("escaped-by-layer").exists());
     assert_eq!(running(&c).await, vec![("app".into(), "good".into())]);
 }
+
+#[tokio::test]
+async fn device_and_user_meta_round_trip() {
+    let dev = Device::new(&[]);
+    let c = dev.client();
+    for kind in ["device-meta", "user-meta"] {
+        c.call(Method::PUT, &format!("/{kind}/hostname"), "edge-1")
+            .await
+            .unwrap();
+        let r = c
+            .call(Method::GET, &format!("/{kind}/hostname"), "")
+            .await
+            .unwrap();
+        assert_eq!(r.body.as_ref(), b"edge-1");
+        let all = c.get_json(&format!("/{kind}")).await.unwrap();
+        assert_eq!(all, json!({"hostname": "edge-1"}));
+        c.call(Method::DELETE, &format!("/{kind}/hostname"), "")
+            .await
+            .unwrap();
+        let e = c
+            .call(Method::GET, &format!("/{kind}/hostname"), "")
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(StatusCode::NOT_FOUND));
+    }
+    let b = c.get_json("/buildinfo").await.unwrap();
+    assert_eq!(b["stateSpec"], "edgevisor-state@1");
+}
+
+#[tokio::test]
+async fn socket_is_0660_and_a_second_runtime_cannot_share_the_storage() {
+    use std::os::unix::fs::PermissionsExt;
+    let dev = Device::new(&[]);
+    let mode = std::fs::metadata(dev.socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runtime"))
+        .arg("--storage")
+        .arg(dev.storage())
+        .arg("--socket")
+        .arg(dev.dir.path().join("second.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another runtime"), "{err}");
+    // The first one is unaffected.
+    c_ok(&dev).await;
+}
+
+async fn c_ok(dev: &Device) {
+    let b = dev.client().get_json("/buildinfo").await.unwrap();
+    assert!(b["version"].is_string());
+}

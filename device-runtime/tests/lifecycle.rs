@@ -119,3 +119,79 @@ async fn failed_tries_end_in_error_with_the_committed_revision_running() {
         );
     }
 }
+
+#[tokio::test]
+async fn gc_keeps_committed_factory_and_retention_and_drops_the_rest() {
+    let dev = Device::new(&["--retention", "1"]);
+    let c = dev.client();
+    let image = busybox_image(&c, dev.dir.path()).await;
+    let revs = ["f", "a", "b", "c", "d"];
+    for (i, rev) in revs.iter().enumerate() {
+        // Each revision gets its own file object, so GC has something to drop.
+        let content = format!("revision {rev}\n");
+        let p = dev.dir.path().join(format!("file-{rev}"));
+        std::fs::write(&p, &content).unwrap();
+        let (hex, _) = c.put_object_file(&p).await.unwrap();
+        let mut st: serde_json::Value = serde_json::from_slice(&state(
+            vec![container("app", &image, "exec sleep 1000")],
+            10,
+            0,
+        ))
+        .unwrap();
+        st["files"] =
+            json!([{"path": "etc/rev", "digest": format!("sha256:{hex}"), "size": content.len()}]);
+        let bytes = serde_json::to_vec(&st).unwrap();
+        if i < 3 {
+            assert_eq!(install_and_run(&c, rev, bytes).await["status"], "DONE");
+        } else {
+            c.put_step(rev, bytes).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Roll back to a: committed = a, factory = f; b, c, d are candidates.
+    c.run("a").await.unwrap();
+    assert_eq!(
+        wait_rest(&c, "a", Duration::from_secs(30)).await["status"],
+        "DONE"
+    );
+    let objects_before = c
+        .get_json("/objects")
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len();
+    let report = c.command("gc", serde_json::Value::Null).await.unwrap();
+    let mut gone: Vec<String> = report["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    gone.sort();
+    // Retention 1 keeps the newest candidate (d) besides committed a and factory f.
+    assert_eq!(gone, vec!["b", "c"], "{report}");
+    assert_eq!(report["objects"], 2, "{report}");
+    let steps = steps_by_rev(&c).await;
+    assert_eq!(
+        steps.keys().cloned().collect::<Vec<_>>(),
+        vec!["a", "d", "f"]
+    );
+    let objects_after = c
+        .get_json("/objects")
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(objects_after, objects_before - 2);
+    // What is left still runs: roll forward to d.
+    c.run("d").await.unwrap();
+    assert_eq!(
+        wait_rest(&c, "d", Duration::from_secs(30)).await["status"],
+        "DONE"
+    );
+    // A file delivered with the state is visible to the container.
+    let files = dev.storage().join("revisions/d/files/etc/rev");
+    assert_eq!(std::fs::read_to_string(files).unwrap(), "revision d\n");
+}
