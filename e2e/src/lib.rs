@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, bail};
 
+pub mod controller;
+pub mod gateway_role;
+pub mod images;
 pub mod kstatus;
 
 /// The running test environment.

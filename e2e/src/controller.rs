@@ -1,0 +1,178 @@
+//! Running the real controller binary as a local process, authenticated as the chart's
+//! controller ServiceAccount (a TokenRequest token), scoped to one test namespace.
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use anyhow::{Context, bail};
+
+use crate::Env;
+
+/// The release every controller test runs under: its RBAC is what the controller gets.
+pub const RELEASE_NAMESPACE: &str = "edgevisor-system";
+const RELEASE: &str = "edgevisor";
+
+static BUILT: OnceLock<PathBuf> = OnceLock::new();
+static RELEASE_KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
+
+/// Builds the `edgevisor` binary (a no-op when up to date) and returns its path.
+pub fn binary(env: &Env) -> &'static Path {
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "edgevisor-controller",
+                "--bin",
+                "edgevisor",
+            ])
+            .current_dir(&env.repo)
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building the controller failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| env.repo.join("target"));
+        target.join("debug/edgevisor")
+    })
+}
+
+/// Installs the chart (once) and returns a kubeconfig of its controller ServiceAccount.
+pub fn controller_kubeconfig(env: &Env) -> &'static Path {
+    RELEASE_KUBECONFIG.get_or_init(|| {
+        env.ensure_crds();
+        env.helm([
+            "upgrade",
+            "--install",
+            RELEASE,
+            "charts/edgevisor",
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--create-namespace",
+            "--force-conflicts",
+        ])
+        .run()
+        .expect_ok("installing the chart");
+        let dir = env.repo.join("target/e2e-env/tokens");
+        std::fs::create_dir_all(&dir).expect("token dir");
+        let path = dir.join(format!("controller-{}.kubeconfig", std::process::id()));
+        env.command_in_repo(
+            "e2e/env",
+            [
+                "sa-kubeconfig",
+                RELEASE_NAMESPACE,
+                "edgevisor-controller",
+                &path.to_string_lossy(),
+            ],
+        )
+        .run()
+        .expect_ok("a token for the controller ServiceAccount");
+        path
+    })
+}
+
+/// A running controller; killed when dropped.
+pub struct Controller {
+    child: Child,
+    pub metrics: String,
+    pub log: PathBuf,
+}
+
+/// Options of one controller process.
+pub struct Options<'a> {
+    /// The only namespace it watches.
+    pub namespace: &'a str,
+    /// Its identity in the Lease; the same identity takes its own lease back at once.
+    pub identity: &'a str,
+    pub lease_seconds: u64,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Controller {
+    /// Starts `edgevisor controller` as the chart's ServiceAccount.
+    pub fn start(env: &Env, options: &Options<'_>) -> anyhow::Result<Controller> {
+        let binary = binary(env);
+        let kubeconfig = controller_kubeconfig(env);
+        let port = free_port()?;
+        let logs = env.repo.join("target/e2e-env/logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!(
+            "controller-{}-{}.log",
+            options.namespace, options.identity
+        ));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(binary)
+            .args(["controller", "--namespace", options.namespace])
+            .args([
+                "--lease-namespace",
+                RELEASE_NAMESPACE,
+                "--lease-name",
+                &format!("edgevisor-{}", options.namespace),
+            ])
+            .args([
+                "--identity",
+                options.identity,
+                "--lease-seconds",
+                &options.lease_seconds.to_string(),
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--insecure-registry", &env.registry])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Controller {
+            child,
+            metrics: format!("127.0.0.1:{port}"),
+            log,
+        })
+    }
+
+    /// SIGKILL: no cleanup, no lease release, as a crash or a node loss.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last lines of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,266 @@
+//! Building OCI images and pushing them to the test registry with the distribution API, as a
+//! CI pipeline would, without a container engine.
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+/// `sha256:<hex>` of bytes.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A gzipped tar layer holding `files` (path, content, mode); directories are implied.
+pub fn layer(files: &[(&str, &[u8], u32)]) -> anyhow::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
+    for (path, content, mode) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(*mode);
+        header.set_mtime(0);
+        header.set_cksum();
+        tar.append_data(&mut header, path, *content)?;
+    }
+    Ok(tar.into_inner()?.finish()?)
+}
+
+/// A layer of Debian's static busybox and the links a shell needs.
+pub fn busybox_layer() -> anyhow::Result<Vec<u8>> {
+    let busybox =
+        std::fs::read("/bin/busybox").context("reading /bin/busybox (install busybox-static)")?;
+    let mut tar = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(busybox.len() as u64);
+    header.set_mode(0o755);
+    header.set_mtime(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "bin/busybox", busybox.as_slice())?;
+    for applet in [
+        "sh", "sleep", "httpd", "cat", "echo", "true", "false", "date", "wget", "nc", "ls",
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        header.set_mode(0o777);
+        header.set_mtime(0);
+        header.set_cksum();
+        tar.append_link(&mut header, format!("bin/{applet}"), "busybox")?;
+    }
+    Ok(tar.into_inner()?.finish()?)
+}
+
+/// An image to push: its layers and what its config says.
+pub struct Image {
+    pub layers: Vec<Vec<u8>>,
+    pub architecture: String,
+    pub variant: Option<String>,
+    pub cmd: Vec<String>,
+}
+
+/// What was pushed for one platform.
+#[derive(Clone, Debug)]
+pub struct Pushed {
+    pub manifest_digest: String,
+    pub manifest_size: usize,
+    pub config_digest: String,
+    pub layer_digests: Vec<String>,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+/// A client of the test registry (plain HTTP on loopback).
+pub struct Registry {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Registry {
+    pub fn new(host: &str) -> Self {
+        Registry {
+            base: format!("http://{host}/v2"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Uploads a blob (monolithic POST then PUT), unless the registry has it.
+    pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> anyhow::Result<String> {
+        let digest = digest(bytes);
+        let head = self
+            .http
+            .head(format!("{}/{repo}/blobs/{digest}", self.base))
+            .send()
+            .await?;
+        if head.status().is_success() {
+            return Ok(digest);
+        }
+        let start = self
+            .http
+            .post(format!("{}/{repo}/blobs/uploads/", self.base))
+            .send()
+            .await?;
+        if start.status() != reqwest::StatusCode::ACCEPTED {
+            bail!("starting an upload to {repo}: {}", start.status());
+        }
+        let location = start
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .context("upload without Location")?
+            .to_string();
+        let url = if location.starts_with("http") {
+            location
+        } else {
+            format!("{}{location}", self.base.trim_end_matches("/v2"))
+        };
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let put = self
+            .http
+            .put(format!("{url}{separator}digest={digest}"))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .await?;
+        if put.status() != reqwest::StatusCode::CREATED {
+            bail!(
+                "finishing the upload of {digest} to {repo}: {}",
+                put.status()
+            );
+        }
+        Ok(digest)
+    }
+
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .put(format!("{}/{repo}/manifests/{reference}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, media_type)
+            .body(body.to_vec())
+            .send()
+            .await?;
+        if response.status() != reqwest::StatusCode::CREATED {
+            bail!(
+                "putting manifest {reference} of {repo}: {} {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// Pushes one platform's image; tags it when `tag` is given.
+    pub async fn push_image(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        image: &Image,
+    ) -> anyhow::Result<Pushed> {
+        let mut diff_ids = Vec::new();
+        let mut layers = Vec::new();
+        for layer in &image.layers {
+            let mut raw = Vec::new();
+            flate2::read::GzDecoder::new(layer.as_slice()).read_to_end_into(&mut raw)?;
+            diff_ids.push(digest(&raw));
+            let d = self.push_blob(repo, layer).await?;
+            layers.push(json!({"mediaType": LAYER, "digest": d, "size": layer.len()}));
+        }
+        let mut config = json!({
+            "architecture": image.architecture,
+            "os": "linux",
+            "config": {"Cmd": image.cmd, "Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        });
+        if let Some(v) = &image.variant {
+            config["variant"] = json!(v);
+        }
+        let config = serde_json::to_vec(&config)?;
+        let config_digest = self.push_blob(repo, &config).await?;
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": {"mediaType": CONFIG, "digest": config_digest, "size": config.len()},
+            "layers": layers,
+        }))?;
+        let manifest_digest = digest(&manifest);
+        self.put_manifest(repo, tag.unwrap_or(&manifest_digest), MANIFEST, &manifest)
+            .await?;
+        Ok(Pushed {
+            manifest_digest,
+            manifest_size: manifest.len(),
+            config_digest,
+            layer_digests: layers
+                .iter()
+                .filter_map(|l| l["digest"].as_str().map(String::from))
+                .collect(),
+            architecture: image.architecture.clone(),
+            variant: image.variant.clone(),
+        })
+    }
+
+    /// Pushes each platform's image untagged and a multi-architecture index over them, tagged.
+    pub async fn push_index(
+        &self,
+        repo: &str,
+        tag: &str,
+        images: &[Image],
+    ) -> anyhow::Result<(String, Vec<Pushed>)> {
+        let mut pushed = Vec::new();
+        for image in images {
+            pushed.push(self.push_image(repo, None, image).await?);
+        }
+        let manifests: Vec<serde_json::Value> = pushed
+            .iter()
+            .map(|p| {
+                let mut platform = json!({"architecture": p.architecture, "os": "linux"});
+                if let Some(v) = &p.variant {
+                    platform["variant"] = json!(v);
+                }
+                json!({"mediaType": MANIFEST, "digest": p.manifest_digest, "size": p.manifest_size, "platform": platform})
+            })
+            .collect();
+        let index = serde_json::to_vec(
+            &json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": manifests}),
+        )?;
+        self.put_manifest(repo, tag, INDEX, &index).await?;
+        Ok((digest(&index), pushed))
+    }
+}
+
+trait ReadToEndInto {
+    fn read_to_end_into(self, out: &mut Vec<u8>) -> std::io::Result<usize>;
+}
+
+impl<R: std::io::Read> ReadToEndInto for R {
+    fn read_to_end_into(mut self, out: &mut Vec<u8>) -> std::io::Result<usize> {
+        self.read_to_end(out)
+    }
+}
+
+/// A small image for tests that do not run it: one file, distinct per `tag`.
+pub fn tiny_image(
+    architecture: &str,
+    variant: Option<&str>,
+    content: &str,
+) -> anyhow::Result<Image> {
+    let mut text = Vec::new();
+    writeln!(text, "{content}")?;
+    Ok(Image {
+        layers: vec![layer(&[("etc/edgevisor-test", &text, 0o644)])?],
+        architecture: architecture.into(),
+        variant: variant.map(String::from),
+        cmd: vec!["/bin/sh".into()],
+    })
+}
