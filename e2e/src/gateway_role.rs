@@ -10,11 +10,14 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
+/// Whether `device` fails `revision`.
+pub type FailureRule = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 /// How simulated devices behave.
 #[derive(Clone)]
 pub struct Behaviour {
     /// Devices that fail any revision for which this returns true.
-    pub fails: Arc<dyn Fn(&str, &str) -> bool + Send + Sync>,
+    pub fails: FailureRule,
     /// Polls a device stays downloading before it finishes.
     pub polls_to_finish: u32,
 }
