@@ -215,7 +215,8 @@ async fn a_staged_rollout_pauses_resumes_completes_and_a_failing_canary_rolls_ba
     // go back to v1; nobody else ever sees v2.
     let v2_name = {
         let template = serde_json::from_value(fleet("v2")["spec"]["template"].clone()).unwrap();
-        edgevisor_controller_name("kiosks", &template)
+        let hash = edgevisor_controller::render::template_hash(&template);
+        edgevisor_controller::render::revision_name("kiosks", &hash).unwrap()
     };
     *failing.lock().unwrap() = v2_name.clone();
     fleets
@@ -288,14 +289,4 @@ async fn a_staged_rollout_pauses_resumes_completes_and_a_failing_canary_rolls_ba
     // The same canaries lead every rollout.
     assert_eq!(&observed.order[&v1][..2], tried_v2.as_slice());
     controller.stop().expect("graceful stop");
-}
-
-/// The revision name the controller gives a template (its naming rule, restated).
-fn edgevisor_controller_name(
-    fleet: &str,
-    template: &edgevisor_crds::fleet::DeviceTemplate,
-) -> String {
-    use sha2::Digest;
-    let hash = hex::encode(sha2::Sha256::digest(serde_json::to_vec(template).unwrap()));
-    format!("{fleet}-{}", &hash[..10])
 }
