@@ -112,6 +112,13 @@ pub enum EvctlCommand {
     },
     /// List objects in the store.
     Objects,
+    /// Download an object to a file (or stdout with `-o -`).
+    GetObject {
+        /// sha256 hex (or sha256:<hex>).
+        digest: String,
+        #[arg(long, short, default_value = "-")]
+        output: PathBuf,
+    },
     /// Upload one object file (resumes a partial upload).
     PutObject { file: PathBuf },
     /// List containers of the running revision.

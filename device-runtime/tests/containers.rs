@@ -148,3 +148,54 @@ async fn restart_policies_back_off_and_logs_rotate() {
         .len();
     assert!(size <= 2000, "log not rotated: {size}");
 }
+
+#[tokio::test]
+async fn limits_and_isolated_network_are_applied() {
+    let dev = Device::new(&[]);
+    let c = dev.client();
+    let image = busybox_image(&c, dev.dir.path()).await;
+    let mut boxed = container("boxed", &image, "exec sleep 1000");
+    boxed["network"] = json!("isolated");
+    boxed["limits"] = json!({"memoryBytes": 33554432, "pids": 32, "cpuMillis": 250});
+    let host = container("host", &image, "exec sleep 1000");
+    let p = install_and_run(&c, "v1", state(vec![boxed, host], 10, 0)).await;
+    assert_eq!(p["status"], "DONE", "{p}\n{}", dev.log());
+    let list = containers(&c).await;
+    let pid = |n: &str| {
+        list.iter().find(|x| x["name"] == n).unwrap()["pid"]
+            .as_u64()
+            .unwrap()
+    };
+    let netns = |pid: u64| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(
+        netns(pid("boxed")),
+        ours,
+        "isolated container shares the host network"
+    );
+    assert_eq!(
+        netns(pid("host")),
+        ours,
+        "host-network container got its own namespace"
+    );
+    // The memory limit is in the container's cgroup, v1 or v2.
+    let cg = std::fs::read_to_string(format!("/proc/{}/cgroup", pid("boxed"))).unwrap();
+    let limit = cg
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+            if ctrl.split(',').any(|x| x == "memory") {
+                std::fs::read_to_string(format!(
+                    "/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
+                ))
+                .ok()
+            } else if ctrl.is_empty() {
+                std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.max")).ok()
+            } else {
+                None
+            }
+        })
+        .expect("memory cgroup of the container");
+    assert_eq!(limit.trim(), "33554432");
+}

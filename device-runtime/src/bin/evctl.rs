@@ -124,6 +124,17 @@ async fn run(args: EvctlArgs) -> Result<()> {
                 }
             }
         }
+        EvctlCommand::GetObject { digest, output } => {
+            let hex = digest.trim_start_matches("sha256:");
+            let r = c.call(Method::GET, &format!("/objects/{hex}"), "").await?;
+            if output.as_os_str() == "-" {
+                use std::io::Write;
+                std::io::stdout().write_all(&r.body)?;
+            } else {
+                std::fs::write(&output, &r.body)
+                    .with_context(|| format!("{}", output.display()))?;
+            }
+        }
         EvctlCommand::PutObject { file } => {
             let (hex, v) = c.put_object_file(&file).await?;
             if json {
@@ -303,7 +314,7 @@ async fn watch(c: &Client, rev: &str, json: bool) -> Result<()> {
         match status.as_str() {
             "DONE" => return Ok(()),
             "ERROR" | "WONTGO" => bail!("{rev} ended in {status}"),
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }
