@@ -458,3 +458,48 @@ fn chart_installs_with_least_privilege_and_uninstall_keeps_crds_and_objects() {
         .expect_ok("listing what is left");
     assert!(!left.contains(&release.name), "uninstall left:\n{left}");
 }
+
+#[test]
+fn the_controller_deployment_passes_flags_the_binary_knows() {
+    let env = Env::get();
+    let rendered = env
+        .helm([
+            "template",
+            "ev",
+            CHART,
+            "--set",
+            "controller.registrySecrets={regcred}",
+            "--set",
+            "controller.insecureRegistries={10.0.0.5:5000}",
+        ])
+        .run()
+        .expect_ok("helm template");
+    let deployment = rendered
+        .split("\n---")
+        .filter_map(|doc| serde_norway::from_str::<serde_json::Value>(doc).ok())
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "ev-edgevisor-controller")
+        .expect("the controller Deployment");
+    let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect();
+    assert!(
+        args.contains(&"--registry-secret=regcred".to_string()),
+        "{args:?}"
+    );
+    // clap refuses an unknown flag before it reaches --help.
+    let binary = edgevisor_e2e::controller::binary(env);
+    let run = env
+        .command_in_repo(
+            &binary.to_string_lossy(),
+            args.iter().map(String::as_str).chain(["--help"]),
+        )
+        .run();
+    assert!(
+        run.ok(),
+        "the binary refuses the chart's args {args:?}: {}",
+        run.stderr
+    );
+}
