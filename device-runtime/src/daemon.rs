@@ -175,6 +175,7 @@ impl Daemon {
                 ready: false,
                 goal: "stopped",
                 started: None,
+                log_start: 0,
                 error: None,
             });
         }

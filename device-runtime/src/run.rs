@@ -223,7 +223,14 @@ impl Daemon {
                 tracing::info!(rev, seconds = started.elapsed().as_secs_f64(), "committed");
             }
             Err(f) => {
-                let logs = crate::supervisor::tail(&self.log_path(&f.container), 20);
+                let since = {
+                    let r = self.running.lock().await;
+                    r.handles
+                        .get(&f.container)
+                        .map(|h| h.snapshot().log_start)
+                        .unwrap_or(0)
+                };
+                let logs = crate::supervisor::tail_since(&self.log_path(&f.container), since, 20);
                 self.rollback(rev, &f.reason, logs).await;
             }
         }
@@ -302,6 +309,7 @@ mod tests {
             ready: false,
             goal,
             started: None,
+            log_start: 0,
             error: None,
         }
     }

@@ -47,6 +47,10 @@ pub struct ContainerStatus {
     pub goal: &'static str,
     #[serde(skip)]
     pub started: Option<Instant>,
+    /// Size of the log when this handle started: a failure report shows only what
+    /// this revision's container wrote.
+    #[serde(skip)]
+    pub log_start: u64,
     #[serde(skip)]
     pub error: Option<String>,
 }
@@ -147,6 +151,7 @@ impl Handle {
             ready: false,
             goal: goal_of(&spec.container),
             started: None,
+            log_start: std::fs::metadata(&spec.log).map(|m| m.len()).unwrap_or(0),
             error: None,
         }));
         let (stop, stop_rx) = watch::channel(false);
@@ -461,10 +466,27 @@ impl LogFile {
 
 /// The last `n` lines of a container's log (rotated generation included if needed).
 pub fn tail(log: &Path, n: usize) -> Vec<String> {
-    let mut rotated = log.to_path_buf().into_os_string();
-    rotated.push(".1");
-    let mut text = std::fs::read(&rotated).unwrap_or_default();
-    text.extend(std::fs::read(log).unwrap_or_default());
+    tail_since(log, 0, n)
+}
+
+/// Like [`tail`], but only what was written after byte `since` of the current file
+/// (everything, if the log rotated in between).
+pub fn tail_since(log: &Path, since: u64, n: usize) -> Vec<String> {
+    let current = std::fs::read(log).unwrap_or_default();
+    let text = match usize::try_from(since) {
+        Ok(s) if s > 0 && s <= current.len() => current[s..].to_vec(),
+        _ => {
+            let mut rotated = log.to_path_buf().into_os_string();
+            rotated.push(".1");
+            let mut t = if since > 0 {
+                Vec::new()
+            } else {
+                std::fs::read(&rotated).unwrap_or_default()
+            };
+            t.extend(current);
+            t
+        }
+    };
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..]

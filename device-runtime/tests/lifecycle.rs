@@ -88,7 +88,11 @@ async fn failed_tries_end_in_error_with_the_committed_revision_running() {
     let dev = Device::new(&[]);
     let c = dev.client();
     let image = busybox_image(&c, dev.dir.path()).await;
-    let good = state(vec![container("app", &image, "exec sleep 1000")], 10, 1);
+    let good = state(
+        vec![container("app", &image, "echo good up; exec sleep 1000")],
+        10,
+        1,
+    );
     assert_eq!(install_and_run(&c, "good", good).await["status"], "DONE");
 
     let mut exits = container("app", &image, "echo about to fail; sleep 0.3; exit 3");
@@ -108,6 +112,8 @@ async fn failed_tries_end_in_error_with_the_committed_revision_running() {
         assert!(p["reason"].as_str().unwrap().contains(reason), "{rev}: {p}");
         if rev == "exits" {
             assert!(p["logs"].to_string().contains("about to fail"), "{p}");
+            // Only what the failing revision's container wrote.
+            assert!(!p["logs"].to_string().contains("good up"), "{p}");
         }
         let steps = steps_by_rev(&c).await;
         assert_eq!(steps["good"]["committed"], true);

@@ -12,12 +12,20 @@ use device_runtime::client::Client;
 use hyper::Method;
 use serde_json::Value;
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let args = EvctlArgs::parse();
-    tokio::runtime::Builder::new_current_thread()
+    let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(run(args))
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("evctl: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn print_json(v: &Value) {

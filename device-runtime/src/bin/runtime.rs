@@ -12,7 +12,17 @@ use device_runtime::daemon::{Config, Daemon};
 use device_runtime::state::State;
 use device_runtime::store::Store;
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match main_inner() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("runtime: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_inner() -> Result<()> {
     let args = RuntimeArgs::parse();
     if let Some(RuntimeCommand::Schema) = args.command {
         println!("{}", serde_json::to_string_pretty(&State::json_schema())?);
