@@ -35,8 +35,8 @@ pub struct Observed {
     pub order: BTreeMap<String, Vec<String>>,
 }
 
-/// Creates `n` Devices `prefix-000…` labelled `labels`, with status: the given architecture
-/// (cycled), online.
+/// Creates `n` Devices `prefix-000…` labelled `labels`, each reporting the given architecture
+/// (cycled) and online.
 pub async fn create_devices(
     api: &Api<Device>,
     prefix: &str,
@@ -57,22 +57,27 @@ pub async fn create_devices(
             &Patch::Apply(device),
         )
         .await?;
-        let arch = arches[i % arches.len()];
-        let status = json!({
-            "apiVersion": "edgevisor.dev/v1alpha1", "kind": "Device",
-            "status": {"architecture": arch, "conditions": [
-                {"type": "Online", "status": "True", "reason": "Heartbeat", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}
-            ]}
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply("e2e-gateway").force(),
-            &Patch::Apply(status),
-        )
-        .await?;
+        report_online(api, &name, arches[i % arches.len()]).await?;
         names.push(name);
     }
     Ok(names)
+}
+
+/// What a device reports when it enrolls: its architecture, and that it is online.
+pub async fn report_online(api: &Api<Device>, name: &str, arch: &str) -> anyhow::Result<()> {
+    let status = json!({
+        "apiVersion": "edgevisor.dev/v1alpha1", "kind": "Device",
+        "status": {"architecture": arch, "conditions": [
+            {"type": "Online", "status": "True", "reason": "Heartbeat", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        ]}
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply("e2e-gateway").force(),
+        &Patch::Apply(status),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Runs the simulated devices until `stop` is set; returns what it observed.

@@ -84,6 +84,9 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(host: &str) -> Self {
+        // reqwest is built without a TLS crypto provider of its own (the controller's choice,
+        // unified across the workspace): use ring, as kube does.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Registry {
             base: format!("http://{host}/v2"),
             http: reqwest::Client::new(),

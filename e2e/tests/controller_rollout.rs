@@ -229,6 +229,10 @@ async fn a_staged_rollout_pauses_resumes_completes_and_a_failing_canary_rolls_ba
     .await;
     let status = aborted.status.clone().unwrap();
     assert_eq!(status.update_revision.as_deref(), Some(v2_name.as_str()));
+    assert!(
+        status.failed >= 1,
+        "the failures that stopped it are counted: {status:?}"
+    );
     let stalled = status
         .conditions
         .iter()

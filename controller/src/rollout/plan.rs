@@ -7,9 +7,9 @@
 //! - *in flight*: a device whose target differs from what it runs and whose update has not
 //!   failed; it is unavailable, and counts against `maxUnavailable` whatever revision it is
 //!   going to.
-//! - *failed*: targeted to the update revision, and its update ended in `WONTGO`/`ERROR`, or did
-//!   not end within `progressDeadlineSeconds` of its start (or of being targeted, for a device
-//!   that never started: an offline device).
+//! - *failed*: its update to the update revision ended in `WONTGO`/`ERROR`, or, while targeted
+//!   to it, did not end within `progressDeadlineSeconds` of its start (or of being targeted, for
+//!   a device that never started: an offline device).
 //! - *canary order*: devices sorted by a stable hash of their name, so the same devices go first
 //!   in every rollout of every fleet revision.
 use std::collections::BTreeSet;
@@ -181,12 +181,13 @@ impl DeviceView {
         Some(started + deadline - now)
     }
 
+    /// Its update to `revision` failed: reported so (even after it was sent elsewhere, so an
+    /// aborted rollout still counts the failures that stopped it), or out of time.
     fn failed(&self, revision: &str, deadline: i64, now: i64) -> bool {
-        self.target.as_deref() == Some(revision)
-            && (self.reported_failure(revision)
-                || self
-                    .deadline_left(revision, deadline, now)
-                    .is_some_and(|left| left <= 0))
+        self.reported_failure(revision)
+            || self
+                .deadline_left(revision, deadline, now)
+                .is_some_and(|left| left <= 0)
     }
 }
 
