@@ -11,7 +11,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::lifecycle::{Progress, Status};
-use crate::oci::Oci;
+use crate::oci::{OciRuntime, RuncCli};
 use crate::state::Container;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{ContainerStatus, Handle, LogConfig, Spec};
@@ -79,7 +79,7 @@ pub struct PreparedContainer {
 
 pub struct Daemon {
     pub store: Store,
-    pub oci: Oci,
+    pub oci: Arc<dyn OciRuntime>,
     pub cfg: Config,
     /// Per-storage prefix of container ids and cgroups.
     pub prefix: String,
@@ -92,11 +92,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(store: Store, cfg: Config) -> Arc<Daemon> {
+        let oci = Arc::new(RuncCli::new(cfg.oci_runtime.clone(), &store.path("runc")));
+        Daemon::with_oci(store, cfg, oci)
+    }
+
+    /// With any OCI runtime (the recording fake in unit tests).
+    pub fn with_oci(store: Store, cfg: Config, oci: Arc<dyn OciRuntime>) -> Arc<Daemon> {
         let prefix = format!(
             "ev{}",
             &hex::encode(Sha256::digest(store.root().as_os_str().as_encoded_bytes()))[..8]
         );
-        let oci = Oci::new(cfg.oci_runtime.clone(), &store.path("runc"));
         Arc::new(Daemon {
             store,
             oci,

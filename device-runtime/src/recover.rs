@@ -63,3 +63,95 @@ impl Daemon {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::daemon::{Config, Daemon};
+    use crate::lifecycle::{Progress, Status};
+    use crate::oci::fake::Recording;
+    use crate::store::{Pointer, Store};
+    use crate::testkit::{RawEntry, descriptor, gzip, image_config, tar};
+
+    fn state(store: &Store, script: &str) -> Vec<u8> {
+        let layer = gzip(&tar(&[
+            RawEntry::dir("bin/"),
+            RawEntry::file("bin/app", b"#!"),
+        ]));
+        let config = image_config(&["/bin/app"]);
+        store.put_object_bytes(&layer).unwrap();
+        store.put_object_bytes(&config).unwrap();
+        serde_json::to_vec(&serde_json::json!({
+            "#spec": "edgevisor-state@1",
+            "containers": [{"name": "app", "command": ["/bin/app", script],
+                "image": {"config": descriptor(&config), "layers": [descriptor(&layer)]}}]
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_restart_while_trying_fails_the_try_and_starts_the_committed_revision() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let good = state(&store, "good");
+        let new = state(&store, "new");
+        store
+            .create_revision("good", &good, &Progress::new(Status::Done, "committed"))
+            .unwrap();
+        store
+            .create_revision("new", &new, &Progress::new(Status::Testing, "testing"))
+            .unwrap();
+        store.set_pointer(Pointer::Committed, Some("good")).unwrap();
+        store.set_pointer(Pointer::Trying, Some("new")).unwrap();
+        std::fs::write(d.path().join("revisions/.tmp-half"), "x").unwrap();
+
+        let oci = Arc::new(Recording::new(&[]));
+        let cfg = Config {
+            socket: d.path().join("control.sock"),
+            ..Config::default()
+        };
+        let daemon = Daemon::with_oci(store, cfg, oci.clone());
+        daemon.recover().await.unwrap();
+
+        let p = daemon.store.read_progress("new").unwrap();
+        assert_eq!(p.status, Status::Error);
+        assert!(
+            p.reason
+                .unwrap_or_default()
+                .contains("restarted while trying")
+        );
+        assert_eq!(daemon.store.pointer(Pointer::Trying), None);
+        assert_eq!(
+            daemon.store.pointer(Pointer::Committed).as_deref(),
+            Some("good")
+        );
+        assert!(!d.path().join("revisions/.tmp-half").exists());
+        assert_eq!(daemon.running.lock().await.rev.as_deref(), Some("good"));
+        let run = format!("run {}", daemon.container_id("app"));
+        for _ in 0..100 {
+            if oci.calls().contains(&run) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let calls = oci.calls();
+        assert_eq!(calls[0], "list");
+        assert!(
+            calls
+                .iter()
+                .any(|c| c == &format!("run {}", daemon.container_id("app"))),
+            "{calls:?}"
+        );
+        // The bundle was built from the committed state.
+        let cfg: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(d.path().join("bundles/good/app/config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg["process"]["args"],
+            serde_json::json!(["/bin/app", "good"])
+        );
+        daemon.stop_all().await;
+    }
+}

@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::oci::Oci;
+use crate::oci::OciRuntime;
 use crate::state::{Container, HealthCheck, RestartPolicy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -137,7 +137,7 @@ fn update(s: &Arc<Mutex<ContainerStatus>>, f: impl FnOnce(&mut ContainerStatus))
 // === impl Handle ===
 
 impl Handle {
-    pub fn start(oci: Oci, spec: Spec) -> Handle {
+    pub fn start(oci: Arc<dyn OciRuntime>, spec: Spec) -> Handle {
         let status = Arc::new(Mutex::new(ContainerStatus {
             name: spec.container.name.clone(),
             revision: spec.revision.clone(),
@@ -199,7 +199,7 @@ fn status_name(s: &Arc<Mutex<ContainerStatus>>) -> String {
 }
 
 async fn run_loop(
-    oci: Oci,
+    oci: Arc<dyn OciRuntime>,
     spec: Spec,
     status: Arc<Mutex<ContainerStatus>>,
     mut stop: watch::Receiver<bool>,
@@ -229,16 +229,11 @@ async fn run_loop(
                 break;
             }
         };
-        let pumps = [
-            child
-                .stdout
-                .take()
-                .map(|o| tokio::spawn(pump(o, log.clone()))),
-            child
-                .stderr
-                .take()
-                .map(|o| tokio::spawn(pump(o, log.clone()))),
-        ];
+        let pumps: Vec<_> = child
+            .take_output()
+            .into_iter()
+            .map(|o| tokio::spawn(pump(o, log.clone())))
+            .collect();
         let started = Instant::now();
         // Running once the OCI runtime wrote the init pid (after `start`).
         let wait_pid = async {
@@ -253,12 +248,12 @@ async fn run_loop(
         };
         enum First {
             Pid(u32),
-            Exit(Option<std::process::ExitStatus>),
+            Exit(Option<i32>),
             Stop,
         }
         let first = tokio::select! {
             pid = wait_pid => First::Pid(pid),
-            r = child.wait() => First::Exit(r.ok()),
+            r = child.wait() => First::Exit(r),
             _ = stop.wait_for(|s| *s) => First::Stop,
         };
         let mut stopped = false;
@@ -271,7 +266,7 @@ async fn run_loop(
                 });
                 tracing::info!(container = %spec.container.name, pid, "running");
                 tokio::select! {
-                    r = child.wait() => r.ok(),
+                    r = child.wait() => r,
                     _ = stop.wait_for(|s| *s) => { stopped = true; None }
                 }
             }
@@ -289,10 +284,10 @@ async fn run_loop(
             {
                 let _ = oci.kill(&spec.id, "KILL").await;
                 let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                let _ = child.start_kill();
+                child.start_kill();
             }
             let _ = oci.delete_force(&spec.id).await;
-            for p in pumps.into_iter().flatten() {
+            for p in pumps {
                 let _ = tokio::time::timeout(Duration::from_millis(200), p).await;
             }
             update(&status, |s| {
@@ -301,10 +296,10 @@ async fn run_loop(
             });
             return;
         }
-        for p in pumps.into_iter().flatten() {
+        for p in pumps {
             let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
         }
-        let code = exit.and_then(|s| s.code()).unwrap_or(-1);
+        let code = exit.unwrap_or(-1);
         // Foreground `run` deletes on exit, but not if it failed half-way; a leftover
         // with our id would make every restart fail.
         let _ = oci.delete_force(&spec.id).await;
@@ -345,7 +340,7 @@ async fn run_loop(
     });
 }
 
-async fn pump<R: AsyncRead + Unpin>(mut r: R, log: Arc<Mutex<LogFile>>) {
+async fn pump(mut r: crate::oci::Output, log: Arc<Mutex<LogFile>>) {
     let mut buf = vec![0u8; 8192];
     loop {
         match r.read(&mut buf).await {
@@ -359,7 +354,7 @@ async fn pump<R: AsyncRead + Unpin>(mut r: R, log: Arc<Mutex<LogFile>>) {
 }
 
 async fn health_loop(
-    oci: Oci,
+    oci: Arc<dyn OciRuntime>,
     id: String,
     check: HealthCheck,
     status: Arc<Mutex<ContainerStatus>>,
@@ -371,7 +366,13 @@ async fn health_loop(
             return;
         }
         if snapshot(&status).state == RunState::Running {
-            let ok = probe(&oci, &id, &check, interval.max(Duration::from_secs(1))).await;
+            let ok = probe(
+                oci.as_ref(),
+                &id,
+                &check,
+                interval.max(Duration::from_secs(1)),
+            )
+            .await;
             update(&status, |s| {
                 if s.state == RunState::Running {
                     s.healthy = Some(ok);
@@ -382,7 +383,7 @@ async fn health_loop(
     }
 }
 
-pub async fn probe(oci: &Oci, id: &str, check: &HealthCheck, timeout: Duration) -> bool {
+pub async fn probe(oci: &dyn OciRuntime, id: &str, check: &HealthCheck, timeout: Duration) -> bool {
     match check {
         HealthCheck::Exec { command, .. } => oci.exec_ok(id, command, timeout).await,
         HealthCheck::Tcp { port, .. } => matches!(
@@ -498,6 +499,150 @@ pub fn tail_since(log: &Path, since: u64, n: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::oci::fake::{Behaviour, Recording};
+
+    fn spec(dir: &Path, extra: serde_json::Value, grace_ms: u64) -> Spec {
+        let mut v = serde_json::json!({
+            "name": "app",
+            "image": {"config": {"digest": format!("sha256:{}", "a".repeat(64)), "size": 1},
+                      "layers": [{"digest": format!("sha256:{}", "b".repeat(64)), "size": 1}]},
+            "command": ["/bin/app"]
+        });
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        Spec {
+            container: serde_json::from_value(v).unwrap(),
+            revision: "r1".into(),
+            id: "ev-app".into(),
+            bundle: dir.to_owned(),
+            log: dir.join("app.log"),
+            log_cfg: LogConfig { max_bytes: 1 << 20 },
+            stop_grace: Duration::from_millis(grace_ms),
+        }
+    }
+
+    async fn until(
+        h: &Handle,
+        what: &str,
+        f: impl Fn(&ContainerStatus) -> bool,
+    ) -> ContainerStatus {
+        for _ in 0..500 {
+            let s = h.snapshot();
+            if f(&s) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("container never {what}: {:?}", h.snapshot());
+    }
+
+    #[tokio::test]
+    async fn on_failure_restarts_with_backoff_until_a_success_code() {
+        let d = tempfile::tempdir().unwrap();
+        let oci = Arc::new(Recording::new(&[
+            Behaviour::ExitAfter(Duration::from_millis(10), 1),
+            Behaviour::ExitAfter(Duration::from_millis(10), 1),
+            Behaviour::ExitAfter(Duration::from_millis(10), 0),
+        ]));
+        let t = Instant::now();
+        let h = Handle::start(
+            oci.clone(),
+            spec(
+                d.path(),
+                serde_json::json!({"restartPolicy": "on-failure"}),
+                100,
+            ),
+        );
+        let s = until(&h, "completed", |s| s.completed).await;
+        assert_eq!(
+            (s.restarts, s.last_exit, s.state),
+            (2, Some(0), RunState::Exited)
+        );
+        // Two backoffs: 200 ms then 400 ms.
+        assert!(
+            t.elapsed() >= Duration::from_millis(600),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            oci.calls().iter().filter(|c| c.starts_with("run ")).count(),
+            3
+        );
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn never_leaves_a_failed_container_exited() {
+        let d = tempfile::tempdir().unwrap();
+        let oci = Arc::new(Recording::new(&[Behaviour::ExitAfter(
+            Duration::from_millis(10),
+            5,
+        )]));
+        let h = Handle::start(
+            oci.clone(),
+            spec(d.path(), serde_json::json!({"restartPolicy": "never"}), 100),
+        );
+        let s = until(&h, "exited", |s| s.state == RunState::Exited).await;
+        assert_eq!((s.restarts, s.last_exit, s.completed), (0, Some(5), false));
+        assert!(!s.at_goal());
+        h.stop().await;
+        assert_eq!(
+            oci.calls().iter().filter(|c| c.starts_with("run ")).count(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_sends_term_then_kill_after_the_grace_period() {
+        let d = tempfile::tempdir().unwrap();
+        let oci = Arc::new(Recording::new(&[Behaviour::IgnoreTerm]));
+        let h = Handle::start(oci.clone(), spec(d.path(), serde_json::json!({}), 100));
+        let s = until(&h, "running", |s| s.state == RunState::Running).await;
+        assert_eq!(s.pid, Some(4242));
+        assert!(s.at_goal());
+        let status = h.status.clone();
+        h.stop().await;
+        assert_eq!(snapshot(&status).state, RunState::Stopped);
+        let calls = oci.calls();
+        assert_eq!(
+            calls,
+            [
+                "run ev-app",
+                "kill ev-app TERM",
+                "kill ev-app KILL",
+                "delete ev-app"
+            ],
+            "{calls:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_container_that_honours_term_is_not_killed() {
+        let d = tempfile::tempdir().unwrap();
+        let oci = Arc::new(Recording::new(&[Behaviour::UntilSignal]));
+        let h = Handle::start(oci.clone(), spec(d.path(), serde_json::json!({}), 5000));
+        until(&h, "running", |s| s.state == RunState::Running).await;
+        let t = Instant::now();
+        h.stop().await;
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert!(!oci.calls().contains(&"kill ev-app KILL".to_string()));
+    }
+
+    #[tokio::test]
+    async fn exec_health_check_marks_the_container_healthy() {
+        let d = tempfile::tempdir().unwrap();
+        let oci = Arc::new(Recording::new(&[]));
+        let extra =
+            serde_json::json!({"health": {"type": "exec", "command": ["check"], "intervalMs": 20}});
+        let h = Handle::start(oci.clone(), spec(d.path(), extra, 100));
+        let s = until(&h, "healthy", |s| s.healthy == Some(true)).await;
+        assert_eq!(s.goal, "healthy");
+        assert!(s.at_goal());
+        h.stop().await;
+        assert!(oci.calls().contains(&"exec ev-app check".to_string()));
+    }
 
     #[test]
     fn restart_policies() {

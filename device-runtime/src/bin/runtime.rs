@@ -82,7 +82,8 @@ async fn run(args: RuntimeArgs) -> Result<()> {
         manager_gid: gid,
     };
     let d = Daemon::new(store, cfg);
-    match d.oci.version().await {
+    let cli = device_runtime::oci::RuncCli::new(args.oci_runtime.clone(), &d.store.path("runc"));
+    match cli.version().await {
         Ok(v) => tracing::info!(oci = %args.oci_runtime, version = %v, "oci runtime"),
         Err(e) => tracing::warn!(error = %e, "oci runtime not usable"),
     }
