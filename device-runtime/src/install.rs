@@ -85,11 +85,9 @@ impl Daemon {
         if free < need {
             return Err(InstallError::NoSpace { need, free });
         }
-        self.store.create_revision(
-            rev,
-            body,
-            &Progress::new(Status::Queued, "installed, waiting to run"),
-        )?;
+        let mut progress = Progress::new(Status::Queued, "installed, waiting to run");
+        progress.downloads = Some(self.downloads(&state));
+        self.store.create_revision(rev, body, &progress)?;
         tracing::info!(
             rev,
             containers = state.containers.len(),

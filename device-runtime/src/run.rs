@@ -173,12 +173,14 @@ impl Daemon {
     /// The whole try; the caller holds the update slot.
     pub async fn try_revision(&self, rev: &str) {
         let started = Instant::now();
-        self.set_progress(rev, Progress::new(Status::Downloading, "checking objects"));
         let state = match self.store.read_state(rev).map(|b| State::parse(&b)) {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return self.wontgo(rev, e.to_string(), Vec::new()),
             Err(e) => return self.wontgo(rev, e.to_string(), Vec::new()),
         };
+        let mut p = Progress::new(Status::Downloading, "checking objects");
+        p.downloads = Some(self.downloads(&state));
+        self.set_progress(rev, p);
         match check_objects(self, &state) {
             Ok(()) => {}
             Err(InstallError::Missing(m)) => {
@@ -233,6 +235,20 @@ impl Daemon {
                 let logs = crate::supervisor::tail_since(&self.log_path(&f.container), since, 20);
                 self.rollback(rev, &f.reason, logs).await;
             }
+        }
+    }
+
+    /// How much of what the state needs is in the store.
+    pub fn downloads(&self, state: &State) -> crate::lifecycle::Downloads {
+        let objects = state.objects();
+        let present_bytes = objects
+            .iter()
+            .filter_map(|h| self.store.object_size(h))
+            .sum();
+        crate::lifecycle::Downloads {
+            total_bytes: state.total_size(),
+            present_bytes,
+            objects: objects.len(),
         }
     }
 

@@ -21,6 +21,12 @@ async fn install_commit_roll_forward_and_back() {
         10,
         1,
     );
+    let queued = c.put_step("v1", v1.clone()).await.unwrap();
+    assert_eq!(queued["status"], "QUEUED");
+    let total =
+        image["layers"][0]["size"].as_u64().unwrap() + image["config"]["size"].as_u64().unwrap();
+    assert_eq!(queued["downloads"]["total_bytes"], total);
+    assert_eq!(queued["downloads"]["present_bytes"], total);
     let p = install_and_run(&c, "v1", v1).await;
     assert_eq!(p["status"], "DONE", "{p}\n{}", dev.log());
     let steps = steps_by_rev(&c).await;
