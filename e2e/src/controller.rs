@@ -16,9 +16,13 @@ const RELEASE: &str = "edgevisor";
 static BUILT: OnceLock<PathBuf> = OnceLock::new();
 static RELEASE_KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
 
-/// Builds the `edgevisor` binary (a no-op when up to date) and returns its path.
+/// Builds the `edgevisor` binary (a no-op when up to date) and returns its path; or the
+/// binary `EDGEVISOR_CONTROLLER_BIN` names (the benchmarks' optimised build).
 pub fn binary(env: &Env) -> &'static Path {
     BUILT.get_or_init(|| {
+        if let Ok(given) = std::env::var("EDGEVISOR_CONTROLLER_BIN") {
+            return PathBuf::from(given);
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args([
@@ -156,6 +160,11 @@ impl Controller {
         }
         self.child.wait()?;
         Ok(())
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process still runs.

@@ -18,7 +18,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::Recorder;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tracing::{error, info, warn};
 
 /// The cluster side of edgevisor.
@@ -144,13 +144,25 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         };
     let config = watcher::Config::default();
     let (device_store, device_writer) = reflector::store();
-    let device_events = reflector(device_writer, watcher(devices, config.clone()))
-        .default_backoff()
-        .touched_objects();
+    // The cache holds every Device: keep only what the controller reads (managedFields are
+    // most of an object's bytes and none of its meaning here).
+    let device_events = reflector(
+        device_writer,
+        watcher(devices, config.clone()).modify(|d| {
+            d.managed_fields_mut().clear();
+            d.annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
+        }),
+    )
+    .default_backoff()
+    .touched_objects();
     let (revision_store, revision_writer) = reflector::store();
-    let revision_events = reflector(revision_writer, watcher(revisions, config.clone()))
-        .default_backoff()
-        .touched_objects();
+    let revision_events = reflector(
+        revision_writer,
+        watcher(revisions, config.clone()).modify(|r| r.managed_fields_mut().clear()),
+    )
+    .default_backoff()
+    .touched_objects();
 
     let controller = Controller::new(fleets, config);
     let fleet_store = controller.store();

@@ -1,0 +1,236 @@
+//! The controller benchmark (`e2e/bench/controller`): 10,000 Devices in one Fleet on the test
+//! apiserver, one rollout with `maxUnavailable: 100%`, against a plain loop of the same
+//! server-side-apply patches from one client at the same concurrency.
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use edgevisor_crds::Device;
+use edgevisor_e2e::Env;
+use edgevisor_e2e::controller::{Controller, Options};
+use edgevisor_e2e::gateway_role::report_online;
+use edgevisor_e2e::images::{Registry, tiny_image};
+use futures::StreamExt;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+/// Measure how fast and how cheaply the controller rolls a Fleet out.
+#[derive(Parser)]
+struct Args {
+    /// Devices in the fleet.
+    #[arg(long, default_value_t = 10_000)]
+    devices: usize,
+    /// Parallel writes, for the plain loop and the controller alike.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+/// Write requests the apiserver has served, from its own /metrics.
+async fn apiserver_writes(env: &Env) -> anyhow::Result<f64> {
+    let text = env
+        .kubectl(["get", "--raw", "/metrics"])
+        .run()
+        .expect_ok("apiserver metrics");
+    let mut total = 0.0;
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let write = [
+            "verb=\"POST\"",
+            "verb=\"PUT\"",
+            "verb=\"PATCH\"",
+            "verb=\"APPLY\"",
+            "verb=\"DELETE\"",
+        ]
+        .iter()
+        .any(|v| line.contains(v));
+        if write && let Some(value) = line.rsplit(' ').next() {
+            total += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
+async fn all_targeted(api: &Api<Device>, revision: &str, n: usize) -> anyhow::Result<bool> {
+    let list = api.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|d| d.spec.revision.as_deref() == Some(revision))
+        .count()
+        == n)
+}
+
+fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let env = Env::get();
+    let client: Client = env.client().await?;
+    let ns = env.namespace("bench");
+    let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
+    let labels: BTreeMap<String, String> = [("role".to_string(), "bench".to_string())].into();
+
+    eprintln!("bench: creating {} devices in {ns}", args.devices);
+    let started = Instant::now();
+    let names: Vec<String> = (0..args.devices).map(|i| format!("dev-{i:05}")).collect();
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let (devices, labels) = (devices.clone(), labels.clone());
+            async move {
+                let body = json!({"apiVersion": "edgevisor.dev/v1alpha1", "kind": "Device", "metadata": {"name": name, "labels": labels}, "spec": {}});
+                devices.patch(&name, &PatchParams::apply("bench-setup"), &Patch::Apply(body)).await?;
+                report_online(&devices, &name, "amd64").await
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    eprintln!("bench: created in {:.1}s", started.elapsed().as_secs_f64());
+
+    // The baseline: the same patch the controller makes, in a plain loop.
+    let started = Instant::now();
+    let at = k8s_openapi::jiff::Timestamp::now().to_string();
+    let results: Vec<kube::Result<Device>> = futures::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let (devices, at) = (devices.clone(), at.clone());
+            async move {
+                let body = json!({"apiVersion": "edgevisor.dev/v1alpha1", "kind": "Device",
+                    "metadata": {"name": name, "annotations": {"edgevisor.dev/targeted-at": at}},
+                    "spec": {"revision": "baseline-0000000000"}});
+                devices
+                    .patch(
+                        &name,
+                        &PatchParams::apply("edgevisor-controller").force(),
+                        &Patch::Apply(body),
+                    )
+                    .await
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .collect()
+        .await;
+    results.into_iter().collect::<kube::Result<Vec<Device>>>()?;
+    let raw = started.elapsed().as_secs_f64();
+
+    // The controller, as the chart's ServiceAccount.
+    let registry = Registry::new(&env.registry);
+    let repo = format!("bench/{ns}/app");
+    registry
+        .push_index(&repo, "v1", &[tiny_image("amd64", None, "bench")?])
+        .await?;
+    let controller = Controller::start(
+        env,
+        &Options {
+            namespace: &ns,
+            identity: "bench",
+            lease_seconds: 15,
+        },
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while reqwest::get(format!("http://{}/metrics", controller.metrics))
+        .await
+        .map(|r| r.status().is_success())
+        .ok()
+        != Some(true)
+        || !reqwest::get(format!("http://{}/readyz", controller.metrics))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "the controller never became ready:\n{}",
+                controller.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let writes_before = apiserver_writes(env).await?;
+    let fleets: Api<edgevisor_crds::Fleet> = Api::namespaced(client.clone(), &ns);
+    let fleet = json!({
+        "apiVersion": "edgevisor.dev/v1alpha1", "kind": "Fleet", "metadata": {"name": "bench"},
+        "spec": {"selector": {"matchLabels": {"role": "bench"}},
+                 "template": {"containers": [{"name": "app", "image": format!("{}/{repo}:v1", env.registry)}]},
+                 "strategy": {"maxUnavailable": "100%", "failureThreshold": "100%"}}
+    });
+    let started = Instant::now();
+    fleets
+        .patch(
+            "bench",
+            &PatchParams::apply("bench-user"),
+            &Patch::Apply(fleet),
+        )
+        .await?;
+    let revision = loop {
+        if let Some(r) = fleets
+            .get("bench")
+            .await?
+            .status
+            .and_then(|s| s.update_revision)
+        {
+            break r;
+        }
+        if Instant::now() > deadline + Duration::from_secs(60) {
+            bail!("no update revision:\n{}", controller.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Watch the controller's own count of target writes (cheap), not 10,000 Devices (a list
+    // would load the apiserver the baseline did not have to share); then check them once.
+    let writes_metric = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("edgevisor_device_target_writes_total "))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    loop {
+        let text = reqwest::get(format!("http://{}/metrics", controller.metrics))
+            .await?
+            .text()
+            .await?;
+        if writes_metric(&text) >= args.devices {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the rollout did not finish:\n{}", controller.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rollout = started.elapsed().as_secs_f64();
+    if !all_targeted(&devices, &revision, args.devices).await? {
+        bail!("the controller counted its writes but not every device has the revision");
+    }
+    // Let the status writes that follow the targets land before counting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes = apiserver_writes(env).await? - writes_before;
+    let rss = rss_bytes(controller.pid())?;
+
+    println!("bench: rollout_seconds {rollout:.2} s");
+    println!("bench: raw_patch_seconds {raw:.2} s");
+    println!("bench: rollout_speed_ratio {:.2} ratio", raw / rollout);
+    println!(
+        "bench: controller_rss_bytes_per_device {:.0} bytes",
+        rss as f64 / args.devices as f64
+    );
+    println!(
+        "bench: apiserver_writes_per_device {:.3} writes",
+        writes / args.devices as f64
+    );
+    Ok(())
+}
