@@ -226,14 +226,30 @@ impl Daemon {
     }
 
     /// Starts the committed revision, if there is one, without a test period: it
-    /// already proved itself.
+    /// already proved itself. Falls back to the factory revision if it cannot.
     pub(crate) async fn start_committed(&self) {
         let Some(rev) = self.store.pointer(crate::store::Pointer::Committed) else {
             return;
         };
-        match self.prepare(&rev).await {
-            Ok(p) => self.start_all(&rev, p).await,
-            Err(e) => tracing::error!(rev, error = %e, "cannot start the committed revision"),
+        let e = match self.prepare(&rev).await {
+            Ok(p) => return self.start_all(&rev, p).await,
+            Err(e) => e,
+        };
+        tracing::error!(rev, error = %e, "cannot start the committed revision");
+        // Last resort, so that a damaged store never leaves the device with nothing:
+        // the factory revision. The pointers stay as they are for the operator to see.
+        if let Some(factory) = self.store.pointer(crate::store::Pointer::Factory)
+            && factory != rev
+        {
+            match self.prepare(&factory).await {
+                Ok(p) => {
+                    tracing::warn!(rev = %factory, "running the factory revision instead");
+                    self.start_all(&factory, p).await;
+                }
+                Err(e) => {
+                    tracing::error!(rev = %factory, error = %e, "cannot start the factory revision")
+                }
+            }
         }
     }
 

@@ -27,6 +27,8 @@ pub enum LayerError {
     Digest { expected: String, actual: String },
     #[error("layer size mismatch: expected {expected} bytes, got {actual}")]
     Size { expected: u64, actual: u64 },
+    #[error("layer unpacks to more than the {0} bytes allowed (free space minus reserve)")]
+    TooLarge(u64),
     #[error("layer is not a valid archive: {0}")]
     Format(String),
     #[error("{path}: {source}")]
@@ -55,11 +57,15 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
 pub struct UnpackOptions {
     /// Keep setuid/setgid bits (the state must ask for it per container).
     pub allow_setuid: bool,
+    /// Bytes of file content the whole unpack may write (`None`: no limit), so a
+    /// compression bomb cannot fill the device.
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UnpackStats {
     pub entries: u64,
+    pub bytes: u64,
     pub whiteouts: u64,
     pub setuid_stripped: u64,
 }
@@ -212,7 +218,16 @@ fn unpack_tar<R: Read>(r: R, root: &Path, opts: UnpackOptions) -> Result<UnpackS
                     .mode(0o600)
                     .open(&dest)
                     .map_err(io_at(&dest))?;
-                io::copy(&mut entry, &mut f).map_err(|e| LayerError::Format(e.to_string()))?;
+                let budget = opts.max_bytes.map(|m| m.saturating_sub(stats.bytes));
+                let limit = budget.map_or(u64::MAX, |b| b.saturating_add(1));
+                let n = io::copy(&mut (&mut entry).take(limit), &mut f)
+                    .map_err(|e| LayerError::Format(e.to_string()))?;
+                stats.bytes += n;
+                if let (Some(max), Some(b)) = (opts.max_bytes, budget)
+                    && n > b
+                {
+                    return Err(LayerError::TooLarge(max));
+                }
                 drop(f);
                 chown(&dest, owner);
                 fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
@@ -354,7 +369,7 @@ pub fn chain_id(layers: &[Descriptor], allow_setuid: bool) -> String {
 pub fn unpack_image(
     store: &crate::store::Store,
     layers: &[Descriptor],
-    opts: UnpackOptions,
+    mut opts: UnpackOptions,
 ) -> Result<PathBuf, LayerError> {
     let chain = chain_id(layers, opts.allow_setuid);
     let dir = store.path("rootfs");
@@ -372,7 +387,8 @@ pub fn unpack_image(
                 .ok_or_else(|| LayerError::Format(format!("bad digest {}", l.digest)))?;
             let p = store.object_path(hex);
             let f = File::open(&p).map_err(io_at(&p))?;
-            unpack_layer(f, &tmp, Some(l), opts)?;
+            let st = unpack_layer(f, &tmp, Some(l), opts)?;
+            opts.max_bytes = opts.max_bytes.map(|m| m.saturating_sub(st.bytes));
         }
         let f = File::open(&tmp).map_err(io_at(&tmp))?;
         rustix::fs::syncfs(&f).map_err(|e| LayerError::Io {

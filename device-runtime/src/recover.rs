@@ -154,4 +154,37 @@ mod tests {
         );
         daemon.stop_all().await;
     }
+
+    #[tokio::test]
+    async fn a_committed_revision_that_cannot_start_falls_back_to_the_factory_one() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let factory = state(&store, "factory");
+        store
+            .create_revision("f", &factory, &Progress::new(Status::Done, "committed"))
+            .unwrap();
+        // The committed revision needs an object that is gone (e.g. a damaged disk).
+        let mut broken: serde_json::Value =
+            serde_json::from_slice(&state(&store, "broken")).unwrap();
+        broken["containers"][0]["image"]["layers"][0]["digest"] =
+            serde_json::json!(format!("sha256:{}", "d".repeat(64)));
+        let broken = serde_json::to_vec(&broken).unwrap();
+        store
+            .create_revision("c", &broken, &Progress::new(Status::Done, "committed"))
+            .unwrap();
+        store.set_pointer(Pointer::Factory, Some("f")).unwrap();
+        store.set_pointer(Pointer::Committed, Some("c")).unwrap();
+        let cfg = Config {
+            socket: d.path().join("control.sock"),
+            ..Config::default()
+        };
+        let daemon = Daemon::with_oci(store, cfg, Arc::new(Recording::new(&[])));
+        daemon.recover().await.unwrap();
+        assert_eq!(daemon.running.lock().await.rev.as_deref(), Some("f"));
+        assert_eq!(
+            daemon.store.pointer(Pointer::Committed).as_deref(),
+            Some("c")
+        );
+        daemon.stop_all().await;
+    }
 }

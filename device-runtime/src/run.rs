@@ -92,8 +92,10 @@ impl Daemon {
             let cfg_bytes = std::fs::read(self.store.object_path(cfg_hex))
                 .map_err(|e| RunError::Other(format!("image config: {e}")))?;
             let img = parse_image_config(&cfg_bytes)?;
+            let free = self.store.free_bytes()?;
             let opts = UnpackOptions {
                 allow_setuid: c.allow_setuid,
+                max_bytes: Some(free.saturating_sub(self.cfg.reserve_bytes)),
             };
             let rootfs = unpack_image(&self.store, &c.image.layers, opts)?;
             let mut volumes = BTreeMap::new();

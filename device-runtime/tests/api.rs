@@ -372,7 +372,22 @@ async fn uploads_stream_resume_and_refuse_concurrent_writers() {
     ))))
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the runtime has the first writer's bytes on disk.
+    let t = std::time::Instant::now();
+    loop {
+        let r = c
+            .send(Method::GET, &format!("/objects/{ohex}"), body(""), &[])
+            .await
+            .unwrap();
+        if r.json()["partialBytes"].as_u64().unwrap_or(0) >= 1000 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "first upload never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let r = c
         .send(
             Method::PUT,

@@ -117,7 +117,16 @@ fn setuid_is_stripped_unless_allowed() {
         .mode();
     assert_eq!(mode & 0o7777, 0o755);
     let d = tempfile::tempdir().unwrap();
-    unpack_layer(&t[..], d.path(), None, UnpackOptions { allow_setuid: true }).unwrap();
+    unpack_layer(
+        &t[..],
+        d.path(),
+        None,
+        UnpackOptions {
+            allow_setuid: true,
+            max_bytes: None,
+        },
+    )
+    .unwrap();
     let mode = fs::metadata(d.path().join("su"))
         .unwrap()
         .permissions()
@@ -179,4 +188,29 @@ fn garbage_is_a_format_error_not_a_panic() {
     let d = tempfile::tempdir().unwrap();
     let junk = [0x1f, 0x8b, 1, 2, 3, 4, 5];
     assert!(unpack_layer(&junk[..], d.path(), None, UnpackOptions::default()).is_err());
+}
+
+#[test]
+fn a_layer_larger_than_the_budget_is_refused() {
+    // 1 MiB of zeros compresses to about 1 KiB: a small bomb.
+    let t = gzip(&tar(&[RawEntry::file("big", &vec![0u8; 1 << 20])]));
+    let d = tempfile::tempdir().unwrap();
+    let opts = UnpackOptions {
+        allow_setuid: false,
+        max_bytes: Some(64 * 1024),
+    };
+    assert!(matches!(
+        unpack_layer(&t[..], d.path(), None, opts),
+        Err(LayerError::TooLarge(65536))
+    ));
+    let size = fs::metadata(d.path().join("big"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(size <= 64 * 1024 + 1, "{size}");
+    let opts = UnpackOptions {
+        allow_setuid: false,
+        max_bytes: Some(2 << 20),
+    };
+    let s = unpack_layer(&t[..], d.path(), None, opts).unwrap();
+    assert_eq!(s.bytes, 1 << 20);
 }
