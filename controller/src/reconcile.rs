@@ -546,10 +546,14 @@ async fn write_render_failure(
         message.to_string(),
     )
     .await;
-    let patch = json!({
-        "apiVersion": "edgevisor.dev/v1alpha1", "kind": "Fleet",
-        "status": {"observedGeneration": fleet.meta().generation, "conditions": conditions}
-    });
+    // Server-side apply drops what its manager stops sending: send the whole status, so the
+    // counts and the stable revision survive a failed render.
+    let status = FleetStatus {
+        observed_generation: fleet.meta().generation,
+        conditions,
+        ..old
+    };
+    let patch = json!({"apiVersion": "edgevisor.dev/v1alpha1", "kind": "Fleet", "status": status});
     fleets
         .patch_status(
             &fleet.name_any(),
