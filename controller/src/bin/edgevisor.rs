@@ -152,6 +152,11 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             d.managed_fields_mut().clear();
             d.annotations_mut()
                 .remove("kubectl.kubernetes.io/last-applied-configuration");
+            if let Some(status) = d.status.as_mut() {
+                status.containers.clear();
+                status.history.clear();
+                status.info.clear();
+            }
         }),
     )
     .default_backoff()
