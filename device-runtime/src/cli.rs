@@ -41,14 +41,6 @@ pub struct RuntimeArgs {
     /// Log level (error, warn, info, debug, trace).
     #[arg(long, default_value = "info", env = "EDGEVISOR_LOG")]
     pub log: String,
-    #[command(subcommand)]
-    pub command: Option<RuntimeCommand>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum RuntimeCommand {
-    /// Print the JSON Schema of edgevisor-state@1.
-    Schema,
 }
 
 /// evctl: talk to the edgevisor runtime over its control socket.
@@ -157,6 +149,8 @@ pub enum EvctlCommand {
     },
     /// Version of the runtime.
     Buildinfo,
+    /// Print the JSON Schema of edgevisor-state@1 (no runtime needed).
+    Schema,
     /// Measure GET requests per second over one keep-alive connection.
     #[command(hide = true)]
     Bench {

@@ -14,6 +14,7 @@ pub mod gc;
 pub mod install;
 pub mod layers;
 pub mod lifecycle;
+pub mod logging;
 pub mod oci;
 pub mod paths;
 pub mod recover;

@@ -41,6 +41,11 @@ fn s(v: &Value) -> String {
 }
 
 async fn run(args: EvctlArgs) -> Result<()> {
+    if let EvctlCommand::Schema = args.command {
+        let schema = device_runtime::state::State::json_schema();
+        println!("{}", serde_json::to_string_pretty(&schema)?);
+        return Ok(());
+    }
     let c = Client::new(&args.socket);
     let json = args.json;
     match args.command {
@@ -272,6 +277,7 @@ async fn run(args: EvctlArgs) -> Result<()> {
             let secs = t.elapsed().as_secs_f64();
             println!("{:.0}", requests as f64 / secs);
         }
+        EvctlCommand::Schema => {}
         EvctlCommand::Buildinfo => {
             let v = c.get_json("/buildinfo").await?;
             if json {

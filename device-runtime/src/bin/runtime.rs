@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use device_runtime::cli::{RuntimeArgs, RuntimeCommand};
+use device_runtime::cli::RuntimeArgs;
 use device_runtime::daemon::{Config, Daemon};
-use device_runtime::state::State;
 use device_runtime::store::Store;
 
 fn main() -> std::process::ExitCode {
@@ -24,16 +23,8 @@ fn main() -> std::process::ExitCode {
 
 fn main_inner() -> Result<()> {
     let args = RuntimeArgs::parse();
-    if let Some(RuntimeCommand::Schema) = args.command {
-        println!("{}", serde_json::to_string_pretty(&State::json_schema())?);
-        return Ok(());
-    }
     let level: tracing::Level = args.log.parse().unwrap_or(tracing::Level::INFO);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    device_runtime::logging::StderrLogger::install(level);
     // One thread: the runtime mostly waits, and a device has little memory to spare.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
