@@ -79,6 +79,9 @@ pub struct Context {
     pub written: Mutex<Overlay>,
     /// Parallel target writes.
     pub write_concurrency: usize,
+    /// Set once every store has its initial list: before, an empty cache would look like a
+    /// fleet without devices.
+    pub synced: std::sync::atomic::AtomicBool,
 }
 
 /// Requeue after an error, with a delay that does not hammer the apiserver or the registry.
@@ -98,6 +101,9 @@ pub async fn reconcile(fleet: Arc<Fleet>, ctx: Arc<Context>) -> Result<Action, E
 }
 
 async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> {
+    if !ctx.synced.load(std::sync::atomic::Ordering::Acquire) {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     let ns = fleet.namespace().ok_or(Error::NoNamespace)?;
     let name = fleet.name_any();
     let now = Timestamp::now();

@@ -22,6 +22,42 @@ pub struct Behaviour {
     pub polls_to_finish: u32,
 }
 
+impl Behaviour {
+    /// Devices that never fail; each update takes `polls` polls.
+    pub fn healthy(polls: u32) -> Self {
+        Behaviour {
+            fails: Arc::new(|_: &str, _: &str| false),
+            polls_to_finish: polls,
+        }
+    }
+}
+
+/// Simulated devices running in the background.
+pub struct Simulation {
+    stop: Arc<Mutex<bool>>,
+    task: tokio::task::JoinHandle<anyhow::Result<Observed>>,
+}
+
+impl Simulation {
+    /// Starts playing every Device of `api`'s namespace.
+    pub fn start(api: Api<Device>, behaviour: Behaviour) -> Self {
+        let stop = Arc::new(Mutex::new(false));
+        let task = tokio::spawn(simulate(api, behaviour, stop.clone()));
+        Simulation { stop, task }
+    }
+
+    /// Lets the devices see the last targets, stops them, and returns what they saw.
+    pub async fn finish(self) -> Observed {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        match self.task.await {
+            Ok(Ok(observed)) => observed,
+            Ok(Err(e)) => panic!("the simulated devices failed: {e:#}"),
+            Err(e) => panic!("the simulated devices panicked: {e}"),
+        }
+    }
+}
+
 /// What the simulator saw.
 #[derive(Default, Debug, Clone)]
 pub struct Observed {

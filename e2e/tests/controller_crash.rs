@@ -2,13 +2,12 @@
 //! times, resumes each time from what the apiserver holds: never more than `maxUnavailable`
 //! devices in flight, never a device given the same revision twice, and the rollout completes.
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgevisor_crds::{Device, Fleet};
 use edgevisor_e2e::Env;
 use edgevisor_e2e::controller::{Controller, Options};
-use edgevisor_e2e::gateway_role::{Behaviour, create_devices, simulate};
+use edgevisor_e2e::gateway_role::{Behaviour, Simulation, create_devices};
 use edgevisor_e2e::images::{Registry, tiny_image};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -52,12 +51,7 @@ async fn a_killed_controller_resumes_without_breaking_the_rollout() {
         .await
         .expect("devices");
 
-    let stop = Arc::new(Mutex::new(false));
-    let behaviour = Behaviour {
-        fails: Arc::new(|_: &str, _: &str| false),
-        polls_to_finish: 4,
-    };
-    let sim = tokio::spawn(simulate(devices.clone(), behaviour, stop.clone()));
+    let sim = Simulation::start(devices.clone(), Behaviour::healthy(4));
     let fleets: Api<Fleet> = Api::namespaced(client.clone(), &ns);
 
     let seed = std::time::SystemTime::now()
@@ -128,9 +122,7 @@ async fn a_killed_controller_resumes_without_breaking_the_rollout() {
             kills += 1;
         }
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    *stop.lock().unwrap() = true;
-    let observed = sim.await.unwrap().expect("simulator");
+    let observed = sim.finish().await;
     println!(
         "crash test: {kills} kills over {rollouts} rollouts, {} targets written, at most {} in flight",
         observed.assignments.len(),

@@ -1,13 +1,12 @@
 //! Roll back and forward with `spec.rollbackTo`, and `revisionHistoryLimit` forgetting the
 //! revisions no device uses.
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgevisor_crds::{Device, Fleet, FleetRevision};
 use edgevisor_e2e::Env;
 use edgevisor_e2e::controller::{Controller, Options};
-use edgevisor_e2e::gateway_role::{Behaviour, create_devices, simulate};
+use edgevisor_e2e::gateway_role::{Behaviour, Simulation, create_devices};
 use edgevisor_e2e::images::{Registry, tiny_image};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -40,7 +39,7 @@ async fn currents(devices: &Api<Device>) -> Vec<String> {
     let mut out: Vec<String> = devices
         .list(&ListParams::default())
         .await
-        .unwrap()
+        .expect("listing devices")
         .items
         .into_iter()
         .filter_map(|d| d.status.and_then(|s| s.current_revision))
@@ -67,15 +66,7 @@ async fn roll_back_and_forward_and_forget_old_revisions() {
     create_devices(&devices, "dev", 5, &labels, &["amd64"])
         .await
         .expect("devices");
-    let stop = Arc::new(Mutex::new(false));
-    let sim = tokio::spawn(simulate(
-        devices.clone(),
-        Behaviour {
-            fails: Arc::new(|_: &str, _: &str| false),
-            polls_to_finish: 1,
-        },
-        stop.clone(),
-    ));
+    let sim = Simulation::start(devices.clone(), Behaviour::healthy(1));
     let controller = Controller::start(
         env,
         &Options {
@@ -110,7 +101,7 @@ async fn roll_back_and_forward_and_forget_old_revisions() {
         .expect("v2");
     let v2 = settled(&fleets, &controller).await;
     assert_ne!(v1, v2);
-    assert_eq!(currents(&devices).await, [v2.clone()]);
+    assert_eq!(currents(&devices).await, vec![v2.clone()]);
 
     // Back to v1 with the template still at v2.
     fleets
@@ -122,7 +113,7 @@ async fn roll_back_and_forward_and_forget_old_revisions() {
         .await
         .expect("rollbackTo");
     assert_eq!(settled(&fleets, &controller).await, v1);
-    assert_eq!(currents(&devices).await, [v1.clone()]);
+    assert_eq!(currents(&devices).await, vec![v1.clone()]);
     // Forward again: drop rollbackTo, the template's revision returns.
     fleets
         .patch("hist", &user, &Patch::Apply(apply("v2", json!({}))))
@@ -162,7 +153,7 @@ async fn roll_back_and_forward_and_forget_old_revisions() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(currents(&devices).await, [v2.clone()]);
+    assert_eq!(currents(&devices).await, vec![v2.clone()]);
     let kept = fleets.get("hist").await.unwrap().status.unwrap_or_default();
     assert_eq!(
         kept.stable_revision.as_deref(),
@@ -198,6 +189,5 @@ async fn roll_back_and_forward_and_forget_old_revisions() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    *stop.lock().unwrap() = true;
-    sim.await.unwrap().expect("simulator");
+    sim.finish().await;
 }

@@ -1,13 +1,12 @@
 //! Two controllers, one Lease: only the leader acts; kill it and the other takes over within
 //! the lease time. Both serve /healthz, /readyz and /metrics.
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgevisor_crds::{Device, Fleet};
 use edgevisor_e2e::Env;
 use edgevisor_e2e::controller::{Controller, Options};
-use edgevisor_e2e::gateway_role::{Behaviour, create_devices, simulate};
+use edgevisor_e2e::gateway_role::{Behaviour, Simulation, create_devices};
 use edgevisor_e2e::images::{Registry, tiny_image};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -92,15 +91,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
     create_devices(&devices, "dev", 4, &labels, &["amd64"])
         .await
         .expect("devices");
-    let stop = Arc::new(Mutex::new(false));
-    let sim = tokio::spawn(simulate(
-        devices.clone(),
-        Behaviour {
-            fails: Arc::new(|_: &str, _: &str| false),
-            polls_to_finish: 1,
-        },
-        stop.clone(),
-    ));
+    let sim = Simulation::start(devices.clone(), Behaviour::healthy(1));
     let fleets: Api<Fleet> = Api::namespaced(client.clone(), &ns);
     let fleet = |tag: &str| {
         json!({
@@ -214,7 +205,6 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
     for reason in ["RevisionCreated", "RolloutStarted", "RolloutComplete"] {
         assert!(events.contains(reason), "no {reason} event:\n{events}");
     }
-    *stop.lock().unwrap() = true;
-    sim.await.unwrap().expect("simulator");
+    sim.finish().await;
     b.stop().expect("graceful stop");
 }

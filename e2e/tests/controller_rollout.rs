@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use edgevisor_crds::{Device, Fleet, FleetRevision};
 use edgevisor_e2e::Env;
 use edgevisor_e2e::controller::{Controller, Options};
-use edgevisor_e2e::gateway_role::{Behaviour, create_devices, simulate};
+use edgevisor_e2e::gateway_role::{Behaviour, Simulation, create_devices};
 use edgevisor_e2e::images::{Registry, tiny_image};
 use edgevisor_e2e::kstatus::kstatus;
 use kube::Api;
@@ -85,7 +85,6 @@ async fn a_staged_rollout_pauses_resumes_completes_and_a_failing_canary_rolls_ba
         },
     )
     .expect("controller");
-    let stop = Arc::new(Mutex::new(false));
     let failing = Arc::new(Mutex::new(String::new()));
     let behaviour = Behaviour {
         fails: {
@@ -94,7 +93,7 @@ async fn a_staged_rollout_pauses_resumes_completes_and_a_failing_canary_rolls_ba
         },
         polls_to_finish: 2,
     };
-    let sim = tokio::spawn(simulate(devices.clone(), behaviour, stop.clone()));
+    let sim = Simulation::start(devices.clone(), behaviour);
 
     let fleets: Api<Fleet> = Api::namespaced(client.clone(), &ns);
     let fleet = |tag: &str| {
@@ -270,10 +269,7 @@ async fn a_staged_rollout_pauses_resumes_completes_and_a_failing_canary_rolls_ba
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Let the simulated devices see the last targets before stopping them.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    *stop.lock().unwrap() = true;
-    let observed = sim.await.unwrap().expect("simulator");
+    let observed = sim.finish().await;
     assert!(
         observed.max_in_flight <= 3,
         "in flight reached {}",

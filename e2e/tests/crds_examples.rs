@@ -54,14 +54,24 @@ fn every_example_applies_client_side_and_server_side() {
     }
 }
 
-fn header(table: &str) -> Vec<String> {
-    table
+/// `kubectl get KIND`: checks the header is `columns` and returns the cells of `name`'s row.
+fn table_row(env: &Env, kind: &str, ns: &str, name: &str, columns: &[&str]) -> Vec<String> {
+    let table = env
+        .kubectl(["get", kind, "-n", ns])
+        .run()
+        .expect_ok("kubectl get");
+    let header: Vec<&str> = table
         .lines()
         .next()
         .unwrap_or_default()
         .split_whitespace()
-        .map(str::to_string)
-        .collect()
+        .collect();
+    assert_eq!(header, columns, "columns of `kubectl get {kind}`");
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no row {name} in:\n{table}"));
+    row.split_whitespace().map(str::to_string).collect()
 }
 
 #[tokio::test]
@@ -104,48 +114,39 @@ async fn kubectl_get_shows_how_far_along_a_rollout_is() {
         .await
         .expect("patching device status");
 
-    let table = env
-        .kubectl(["get", "fleets", "-n", &ns])
-        .run()
-        .expect_ok("kubectl get fleets");
-    assert_eq!(
-        header(&table),
-        [
-            "NAME", "DEVICES", "UPDATED", "READY", "FAILED", "REVISION", "STEP", "AGE"
-        ]
+    let cells = table_row(
+        env,
+        "fleets",
+        &ns,
+        "kiosks",
+        &[
+            "NAME", "DEVICES", "UPDATED", "READY", "FAILED", "REVISION", "STEP", "AGE",
+        ],
     );
-    let kiosks = table
-        .lines()
-        .find(|l| l.starts_with("kiosks "))
-        .expect("kiosks row");
-    let cells: Vec<&str> = kiosks.split_whitespace().collect();
     assert_eq!(
         &cells[..7],
-        ["kiosks", "3", "2", "1", "1", "kiosks-0123456789", "1"],
-        "row: {kiosks}"
+        ["kiosks", "3", "2", "1", "1", "kiosks-0123456789", "1"]
     );
-
-    let table = env
-        .kubectl(["get", "devices", "-n", &ns])
-        .run()
-        .expect_ok("kubectl get devices");
+    let cells = table_row(
+        env,
+        "devices",
+        &ns,
+        "kiosk-001",
+        &[
+            "NAME", "ARCH", "CURRENT", "TARGET", "UPDATE", "PROGRESS", "ONLINE", "AGE",
+        ],
+    );
     assert_eq!(
-        header(&table),
+        &cells[..6],
         [
-            "NAME", "ARCH", "CURRENT", "TARGET", "UPDATE", "PROGRESS", "ONLINE", "AGE"
+            "kiosk-001",
+            "arm64",
+            "kiosks-aaaaaaaaaa",
+            "DOWNLOADING",
+            "42",
+            "True"
         ]
     );
-    let row = table
-        .lines()
-        .find(|l| l.starts_with("kiosk-001 "))
-        .expect("kiosk-001 row");
-    let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(
-        &cells[..3],
-        ["kiosk-001", "arm64", "kiosks-aaaaaaaaaa"],
-        "row: {row}"
-    );
-    assert_eq!(&cells[3..6], ["DOWNLOADING", "42", "True"], "row: {row}");
 
     let revisions: Api<FleetRevision> = Api::namespaced(client, &ns);
     revisions
@@ -163,27 +164,23 @@ async fn kubectl_get_shows_how_far_along_a_rollout_is() {
         )
         .await
         .expect("patching revision status");
-    let table = env
-        .kubectl(["get", "fleetrevisions", "-n", &ns])
-        .run()
-        .expect_ok("kubectl get fleetrevisions");
-    assert_eq!(
-        header(&table),
-        [
+    let cells = table_row(
+        env,
+        "fleetrevisions",
+        &ns,
+        "kiosks-0123456789",
+        &[
             "NAME",
             "FLEET",
             "REVISION",
             "ARCHITECTURES",
             "DEVICES",
-            "AGE"
-        ]
+            "AGE",
+        ],
     );
-    let row = table.lines().nth(1).expect("a revision row");
-    let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(
         &cells[..5],
-        ["kiosks-0123456789", "kiosks", "1", "amd64,arm64", "2"],
-        "row: {row}"
+        ["kiosks-0123456789", "kiosks", "1", "amd64,arm64", "2"]
     );
 
     // The category lists all three kinds at once.

@@ -181,6 +181,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         revisions: revision_store.clone(),
         written: Default::default(),
         write_concurrency: args.write_concurrency,
+        synced: false.into(),
     });
 
     // Renew the lease while leading; losing it means another replica may act: stop at once.
@@ -204,7 +205,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             let _ = lost_tx.send(());
         })
     };
-    let ready = health.clone();
+    let (ready, synced) = (health.clone(), ctx.clone());
     let stores = (
         device_store.clone(),
         revision_store.clone(),
@@ -216,6 +217,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             && r.wait_until_ready().await.is_ok()
             && f.wait_until_ready().await.is_ok()
         {
+            synced.synced.store(true, Ordering::Release);
             ready.ready.store(true, Ordering::Relaxed);
             info!("caches synced");
         }

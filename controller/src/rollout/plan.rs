@@ -284,8 +284,14 @@ pub fn plan(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceView
 
     let on_update = |d: &&&DeviceView| d.current.as_deref() == Some(update);
     let updated = targetable.iter().filter(on_update).count();
-    // With no targetable device at all the rollout is vacuously complete, as a Deployment of
-    // zero replicas is.
+    // With no targetable device the rollout is vacuously complete, as a Deployment of zero
+    // replicas is; but it has moved nobody, so it neither passes its steps nor makes the
+    // revision stable: devices that appear later (or a cache still filling) start at step 0.
+    if targetable.is_empty() {
+        plan.phase = Phase::Complete;
+        plan.memory = memory;
+        return plan;
+    }
     if updated == targetable.len() {
         plan.phase = Phase::Complete;
         plan.stable_revision = Some(update.to_string());

@@ -490,3 +490,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_fleet_without_devices_passes_no_step() {
+    let steps = vec![step(2, until_resumed()), step(4, None)];
+    let mut world = World::new(vec![], strategy(3, steps));
+    let plan = world.step();
+    assert_eq!(plan.phase, Phase::Complete);
+    assert_eq!(plan.memory.step, 0, "no step is passed with nobody to move");
+    assert_eq!(
+        plan.stable_revision.as_deref(),
+        Some(OLD),
+        "nor is the revision made stable"
+    );
+    world.devices = fleet_of(6);
+    let plan = world.step();
+    assert_eq!(plan.retarget.len(), 2, "the first step still comes first");
+}
