@@ -306,7 +306,19 @@ pub async fn handle(d: Arc<Daemon>, caller: Caller, req: Request<Incoming>) -> R
             }
         },
     };
-    let resp = result.unwrap_or_else(ApiError::into_response);
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
+    // An upload answered before its body was read (exists, refused) leaves bytes on
+    // the connection: close it so the client does not reuse a connection the server
+    // is about to drop.
+    if method == Method::PUT
+        && path.starts_with("/objects/")
+        && !matches!(resp.status(), StatusCode::CREATED | StatusCode::ACCEPTED)
+    {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     tracing::debug!(%method, path, status = resp.status().as_u16(), "request");
     resp
 }
@@ -603,11 +615,27 @@ async fn put_object(d: &Daemon, hex: &str, req: Request<Incoming>) -> ApiResult 
         ));
     }
     let mut up = d.store.begin_upload(hex, offset)?;
+    // Without a declared size (chunked upload) the space check happens as bytes come.
+    let budget = free.saturating_sub(d.cfg.reserve_bytes);
     let mut body = req.into_body();
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => {
                 if let Some(data) = f.data_ref() {
+                    if up.written() - offset + data.len() as u64 > budget {
+                        drop(up);
+                        // Leave the store as it was before this request.
+                        let p = d.store.partial_path(hex);
+                        if offset == 0 {
+                            let _ = std::fs::remove_file(&p);
+                        } else if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p) {
+                            let _ = f.set_len(offset);
+                        }
+                        return Err(ApiError::new(
+                            StatusCode::INSUFFICIENT_STORAGE,
+                            format!("not enough space: {budget} bytes may be stored"),
+                        ));
+                    }
                     up.write(data)?;
                 }
             }
