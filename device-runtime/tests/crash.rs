@@ -208,6 +208,13 @@ async fn sigkill_at_random_moments_always_recovers() {
         let ph = phase(&dev.log()[log_start..], &rev);
         *phases.entry(ph.clone()).or_default() += 1;
 
+        // Sometimes the restart itself is killed, in the middle of recovery.
+        if rng.below(4) == 0 {
+            dev.spawn();
+            std::thread::sleep(Duration::from_millis(rng.below(120)));
+            dev.kill9();
+            *phases.entry("RECOVERY".into()).or_default() += 1;
+        }
         dev.start();
         let c = dev.client();
         let steps = steps_by_rev(&c).await;

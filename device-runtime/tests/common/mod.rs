@@ -59,6 +59,25 @@ impl Device {
     }
 
     pub fn start(&mut self) {
+        self.spawn();
+        let t = Instant::now();
+        while !self.socket().exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "runtime did not come up:\n{}",
+                self.log()
+            );
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!("runtime exited with {st}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the runtime without waiting for its socket (it may still be recovering).
+    pub fn spawn(&mut self) {
         let _ = std::fs::remove_file(self.socket());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -76,20 +95,6 @@ impl Device {
             .spawn()
             .expect("start runtime");
         self.child = Some(child);
-        let t = Instant::now();
-        while !self.socket().exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "runtime did not come up:\n{}",
-                self.log()
-            );
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(st)) = c.try_wait()
-            {
-                panic!("runtime exited with {st}:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     pub fn log(&self) -> String {
