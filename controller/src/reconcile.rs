@@ -446,12 +446,6 @@ async fn create_revision(
         Err(kube::Error::Api(e)) if e.code == 409 => api.get(name).await?,
         Err(e) => return Err(e.into()),
     };
-    let arches: Vec<&str> = created
-        .spec
-        .architectures
-        .iter()
-        .map(|a| a.architecture.as_str())
-        .collect();
     publish(
         ctx,
         fleet,
@@ -459,7 +453,7 @@ async fn create_revision(
         "RevisionCreated",
         format!(
             "rendered {name} (revision {sequence}) for {}",
-            arches.join(", ")
+            created.spec.architectures_label()
         ),
     )
     .await;
@@ -696,15 +690,9 @@ async fn tidy_revisions(
             .iter()
             .filter(|d| d.target.as_deref() == Some(name.as_str()))
             .count();
-        let arches: Vec<&str> = revision
-            .spec
-            .architectures
-            .iter()
-            .map(|a| a.architecture.as_str())
-            .collect();
         let wanted = FleetRevisionStatus {
             observed_generation: revision.meta().generation,
-            architectures: Some(arches.join(",")),
+            architectures: Some(revision.spec.architectures_label()),
             devices: i32::try_from(count).unwrap_or(i32::MAX),
             conditions: revision
                 .status

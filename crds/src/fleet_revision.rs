@@ -91,6 +91,18 @@ pub struct ResolvedFile {
     pub mode: i32,
 }
 
+impl FleetRevisionSpec {
+    /// The architectures it provides, comma separated (`amd64,arm64`), as status shows them.
+    pub fn architectures_label(&self) -> String {
+        let names: Vec<&str> = self
+            .architectures
+            .iter()
+            .map(|a| a.architecture.as_str())
+            .collect();
+        names.join(",")
+    }
+}
+
 /// The device state of one architecture.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
