@@ -92,6 +92,8 @@ pub struct Options<'a> {
     /// Its identity in the Lease; the same identity takes its own lease back at once.
     pub identity: &'a str,
     pub lease_seconds: u64,
+    /// More flags (`--registry-secret`, …).
+    pub args: &'a [&'a str],
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -130,6 +132,7 @@ impl Controller {
             ])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(["--insecure-registry", &env.registry])
+            .args(options.args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::null())

@@ -80,6 +80,8 @@ pub struct Pushed {
 pub struct Registry {
     base: String,
     http: reqwest::Client,
+    /// `user:password` for registries that require it (Basic).
+    auth: Option<(String, String)>,
 }
 
 impl Registry {
@@ -90,6 +92,21 @@ impl Registry {
         Registry {
             base: format!("http://{host}/v2"),
             http: reqwest::Client::new(),
+            auth: None,
+        }
+    }
+
+    /// The same client, sending these credentials.
+    pub fn with_basic_auth(mut self, user: &str, password: &str) -> Self {
+        self.auth = Some((user.to_string(), password.to_string()));
+        self
+    }
+
+    fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, url);
+        match &self.auth {
+            Some((user, password)) => request.basic_auth(user, Some(password)),
+            None => request,
         }
     }
 
@@ -97,16 +114,20 @@ impl Registry {
     pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> anyhow::Result<String> {
         let digest = digest(bytes);
         let head = self
-            .http
-            .head(format!("{}/{repo}/blobs/{digest}", self.base))
+            .request(
+                reqwest::Method::HEAD,
+                format!("{}/{repo}/blobs/{digest}", self.base),
+            )
             .send()
             .await?;
         if head.status().is_success() {
             return Ok(digest);
         }
         let start = self
-            .http
-            .post(format!("{}/{repo}/blobs/uploads/", self.base))
+            .request(
+                reqwest::Method::POST,
+                format!("{}/{repo}/blobs/uploads/", self.base),
+            )
             .send()
             .await?;
         if start.status() != reqwest::StatusCode::ACCEPTED {
@@ -125,8 +146,10 @@ impl Registry {
         };
         let separator = if url.contains('?') { '&' } else { '?' };
         let put = self
-            .http
-            .put(format!("{url}{separator}digest={digest}"))
+            .request(
+                reqwest::Method::PUT,
+                format!("{url}{separator}digest={digest}"),
+            )
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(bytes.to_vec())
             .send()
@@ -148,8 +171,10 @@ impl Registry {
         body: &[u8],
     ) -> anyhow::Result<()> {
         let response = self
-            .http
-            .put(format!("{}/{repo}/manifests/{reference}", self.base))
+            .request(
+                reqwest::Method::PUT,
+                format!("{}/{repo}/manifests/{reference}", self.base),
+            )
             .header(reqwest::header::CONTENT_TYPE, media_type)
             .body(body.to_vec())
             .send()

@@ -35,14 +35,16 @@ static ENV: OnceLock<Env> = OnceLock::new();
 static CRDS: OnceLock<()> = OnceLock::new();
 
 impl Env {
-    /// The environment, or a panic that says how to start it.
+    /// The environment, with the CRDs installed, or a panic that says how to start it.
     pub fn get() -> &'static Env {
-        ENV.get_or_init(|| match Self::load() {
+        let env = ENV.get_or_init(|| match Self::load() {
             Ok(env) => env,
             Err(e) => {
                 panic!("the e2e environment is not up ({e:#}); run `e2e/env up` (or `make test`)")
             }
-        })
+        });
+        env.ensure_crds();
+        env
     }
 
     fn load() -> anyhow::Result<Env> {

@@ -64,6 +64,7 @@ async fn a_killed_controller_resumes_without_breaking_the_rollout() {
         namespace: &ns,
         identity: "crash-test",
         lease_seconds: 15,
+        args: &[],
     };
     let mut kills = 0;
     let mut rollouts = 0;

@@ -73,6 +73,7 @@ async fn roll_back_and_forward_and_forget_old_revisions() {
             namespace: &ns,
             identity: "history",
             lease_seconds: 15,
+            args: &[],
         },
     )
     .expect("controller");

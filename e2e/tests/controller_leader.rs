@@ -51,6 +51,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
             namespace: &ns,
             identity: "replica-a",
             lease_seconds: lease,
+            args: &[],
         },
     )
     .expect("a");
@@ -64,6 +65,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
             namespace: &ns,
             identity: "replica-b",
             lease_seconds: lease,
+            args: &[],
         },
     )
     .expect("b");

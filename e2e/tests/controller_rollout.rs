@@ -82,6 +82,7 @@ async fn a_staged_rollout_pauses_resumes_completes_and_a_failing_canary_rolls_ba
             namespace: &ns,
             identity: "rollout-a",
             lease_seconds: 15,
+            args: &[],
         },
     )
     .expect("controller");

@@ -139,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
             namespace: &ns,
             identity: "bench",
             lease_seconds: 15,
+            args: &[],
         },
     )?;
     let deadline = Instant::now() + Duration::from_secs(120);
