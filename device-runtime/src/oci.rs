@@ -153,12 +153,12 @@ impl RuncCli {
             })
     }
 
-    async fn simple(&self, verb: &'static str, args: &[&str], id: &str) -> Result<(), OciError> {
+    /// Runs `<bin> <verb> <args…>` about container `id` to its end; its stderr is the error.
+    async fn checked(&self, verb: &'static str, args: &[&str], id: &str) -> Result<(), OciError> {
         let out = self
             .cmd()
             .arg(verb)
             .args(args)
-            .arg(id)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
@@ -180,31 +180,11 @@ impl RuncCli {
     }
 
     pub async fn kill(&self, id: &str, signal: &str) -> Result<(), OciError> {
-        let out = self
-            .cmd()
-            .args(["kill", "--all", id, signal])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .map_err(|source| OciError::Spawn {
-                bin: self.bin.clone(),
-                source,
-            })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(OciError::Failed {
-                bin: self.bin.clone(),
-                verb: "kill",
-                id: id.to_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            })
-        }
+        self.checked("kill", &["--all", id, signal], id).await
     }
 
     pub async fn delete_force(&self, id: &str) -> Result<(), OciError> {
-        self.simple("delete", &["--force"], id).await
+        self.checked("delete", &["--force", id], id).await
     }
 
     /// Ids of every container in our state directory.
