@@ -4,6 +4,7 @@
 //! that read watch caches and write what those decisions say come on top of it.
 #![forbid(unsafe_code)]
 
+pub mod device_index;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;

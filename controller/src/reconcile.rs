@@ -18,6 +18,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::SelectorExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -73,7 +74,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub fleets: Store<Fleet>,
-    pub devices: Store<Device>,
+    pub devices: Arc<crate::device_index::DeviceIndex>,
     pub revisions: Store<FleetRevision>,
     /// Targets written but maybe not yet in the cache.
     pub written: Mutex<Overlay>,
@@ -101,7 +102,7 @@ pub async fn reconcile(fleet: Arc<Fleet>, ctx: Arc<Context>) -> Result<Action, E
 }
 
 async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> {
-    if !ctx.synced.load(std::sync::atomic::Ordering::Acquire) {
+    if !ctx.synced.load(std::sync::atomic::Ordering::Acquire) || !ctx.devices.is_ready() {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     let ns = fleet.namespace().ok_or(Error::NoNamespace)?;
@@ -170,20 +171,23 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
     };
     let mut devices = Vec::new();
     let mut conflicted = Vec::new();
-    for device in ctx.devices.state() {
-        if !views::selects(fleet, &selector, &device) {
+    for device in ctx.devices.in_namespace(&ns) {
+        if !selector.matches(&device.labels) {
             continue;
         }
-        if others.iter().any(|(f, s)| views::selects(f, s, &device)) {
-            conflicted.push(device.name_any());
+        let name = &device.view.name;
+        if others.iter().any(|(_, s)| s.matches(&device.labels)) {
+            conflicted.push(name.clone());
             continue;
         }
-        let key = (ns.clone(), device.name_any());
-        let pending = overlay
-            .get(&key)
-            .filter(|(revision, _, _)| device.spec.revision.as_ref() != Some(revision))
-            .map(|(revision, at, _)| (revision.as_str(), *at));
-        devices.push(views::device_view(&device, pending));
+        let mut view = device.view.clone();
+        if let Some((revision, at, _)) = overlay.get(&(ns.clone(), name.clone()))
+            && view.target.as_ref() != Some(revision)
+        {
+            view.target = Some(revision.clone());
+            view.targeted_at = Some(*at);
+        }
+        devices.push(view);
     }
     if !conflicted.is_empty() {
         publish(

@@ -13,7 +13,7 @@ use edgevisor_controller::reconcile::{self, Context};
 use edgevisor_controller::registry::{Registry, parse_docker_config};
 use edgevisor_controller::serve::{Health, serve};
 use edgevisor_crds::{Device, Fleet, FleetRevision};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::Recorder;
@@ -143,24 +143,15 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             ),
         };
     let config = watcher::Config::default();
-    let (device_store, device_writer) = reflector::store();
-    // The cache holds every Device: keep only what the controller reads (managedFields are
-    // most of an object's bytes and none of its meaning here).
-    let device_events = reflector(
-        device_writer,
-        watcher(devices, config.clone()).modify(|d| {
-            d.managed_fields_mut().clear();
-            d.annotations_mut()
-                .remove("kubectl.kubernetes.io/last-applied-configuration");
-            if let Some(status) = d.status.as_mut() {
-                status.containers.clear();
-                status.history.clear();
-                status.info.clear();
-            }
-        }),
-    )
-    .default_backoff()
-    .touched_objects();
+    // Devices go into the compact index; the controller is triggered by the same events.
+    let device_index = Arc::new(edgevisor_controller::device_index::DeviceIndex::default());
+    let device_events = {
+        let index = device_index.clone();
+        watcher(devices, config.clone())
+            .default_backoff()
+            .inspect_ok(move |event| index.apply(event))
+            .touched_objects()
+    };
     let (revision_store, revision_writer) = reflector::store();
     let revision_events = reflector(
         revision_writer,
@@ -177,7 +168,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         recorder: Recorder::new(client.clone(), "edgevisor-controller".into()),
         metrics: metrics.clone(),
         fleets: fleet_store.clone(),
-        devices: device_store.clone(),
+        devices: device_index.clone(),
         revisions: revision_store.clone(),
         written: Default::default(),
         write_concurrency: args.write_concurrency,
@@ -207,16 +198,16 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     };
     let (ready, synced) = (health.clone(), ctx.clone());
     let stores = (
-        device_store.clone(),
         revision_store.clone(),
         fleet_store.clone(),
+        device_index.clone(),
     );
     tokio::spawn(async move {
-        let (d, r, f) = stores;
-        if d.wait_until_ready().await.is_ok()
-            && r.wait_until_ready().await.is_ok()
-            && f.wait_until_ready().await.is_ok()
-        {
+        let (r, f, d) = stores;
+        if r.wait_until_ready().await.is_ok() && f.wait_until_ready().await.is_ok() {
+            while !d.is_ready() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             synced.synced.store(true, Ordering::Release);
             ready.ready.store(true, Ordering::Relaxed);
             info!("caches synced");
