@@ -164,30 +164,37 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
         .filter(|f| f.namespace().as_deref() == Some(ns.as_str()) && f.name_any() != name)
         .filter_map(|f| views::selector(&f).map(|s| (f, s)))
         .collect();
-    let overlay = {
-        let mut written = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
-        written.retain(|_, (_, _, when)| when.elapsed() < OVERLAY_TTL);
-        written.clone()
-    };
     let mut devices = Vec::new();
     let mut conflicted = Vec::new();
-    for device in ctx.devices.in_namespace(&ns) {
-        if !selector.matches(&device.labels) {
-            continue;
+    {
+        // Own writes the cache already shows are dropped from the overlay as they are seen.
+        let mut written = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
+        written.retain(|_, (_, _, when)| when.elapsed() < OVERLAY_TTL);
+        for device in ctx.devices.in_namespace(&ns) {
+            if !selector.matches(&device.labels) {
+                continue;
+            }
+            let name = &device.view.name;
+            if others.iter().any(|(_, s)| s.matches(&device.labels)) {
+                conflicted.push(name.clone());
+                continue;
+            }
+            let mut view = device.view.clone();
+            if !written.is_empty() {
+                let key = (ns.clone(), name.clone());
+                match written.get(&key) {
+                    Some((revision, _, _)) if view.target.as_ref() == Some(revision) => {
+                        written.remove(&key);
+                    }
+                    Some((revision, at, _)) => {
+                        view.target = Some(revision.clone());
+                        view.targeted_at = Some(*at);
+                    }
+                    None => {}
+                }
+            }
+            devices.push(view);
         }
-        let name = &device.view.name;
-        if others.iter().any(|(_, s)| s.matches(&device.labels)) {
-            conflicted.push(name.clone());
-            continue;
-        }
-        let mut view = device.view.clone();
-        if let Some((revision, at, _)) = overlay.get(&(ns.clone(), name.clone()))
-            && view.target.as_ref() != Some(revision)
-        {
-            view.target = Some(revision.clone());
-            view.targeted_at = Some(*at);
-        }
-        devices.push(view);
     }
     if !conflicted.is_empty() {
         publish(
