@@ -516,19 +516,7 @@ async fn get_object(d: &Daemon, hex: &str) -> ApiResult {
     let file = tokio::fs::File::open(d.store.object_path(hex))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let stream = futures::stream::unfold(file, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Frame::data(Bytes::from(buf))), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    });
-    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(file_frames(file))));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/octet-stream"),
@@ -859,6 +847,25 @@ async fn signal(d: &Daemon, caller: &Caller, req: Request<Incoming>) -> ApiResul
         StatusCode::OK,
         &json!({"container": name, "ready": true}),
     ))
+}
+
+/// A file as body frames of at most 64 KiB, read as they are sent: blobs never sit whole in
+/// memory, in either direction of the socket.
+pub(crate) fn file_frames(
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = Result<Frame<Bytes>, std::io::Error>> {
+    futures::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Frame::data(Bytes::from(buf))), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
 }
 
 #[cfg(test)]

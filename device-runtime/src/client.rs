@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::Frame;
 use hyper::{Method, Request, StatusCode, header};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyperlocal::{UnixClientExt, UnixConnector};
@@ -175,17 +174,7 @@ impl Client {
         }
         let offset = probe.json()["partialBytes"].as_u64().unwrap_or(0).min(size);
         f.seek(std::io::SeekFrom::Start(offset)).await?;
-        let stream = futures::stream::unfold(f, |mut f| async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            match f.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(Frame::data(Bytes::from(buf))), f))
-                }
-                Err(e) => Some((Err(e), f)),
-            }
-        });
+        let stream = crate::api::file_frames(f);
         let mut headers = vec![(header::CONTENT_LENGTH.as_str(), (size - offset).to_string())];
         if offset > 0 {
             headers.push((

@@ -147,10 +147,14 @@ impl RuncCli {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| OciError::Spawn {
-                bin: self.bin.clone(),
-                source,
-            })
+            .map_err(|source| self.spawn_error(source))
+    }
+
+    fn spawn_error(&self, source: std::io::Error) -> OciError {
+        OciError::Spawn {
+            bin: self.bin.clone(),
+            source,
+        }
     }
 
     /// Runs `<bin> <verb> <args…>` about container `id` to its end; its stderr is the error.
@@ -163,10 +167,7 @@ impl RuncCli {
             .stderr(Stdio::piped())
             .output()
             .await
-            .map_err(|source| OciError::Spawn {
-                bin: self.bin.clone(),
-                source,
-            })?;
+            .map_err(|source| self.spawn_error(source))?;
         if out.status.success() {
             Ok(())
         } else {
@@ -196,10 +197,7 @@ impl RuncCli {
             .stderr(Stdio::piped())
             .output()
             .await
-            .map_err(|source| OciError::Spawn {
-                bin: self.bin.clone(),
-                source,
-            })?;
+            .map_err(|source| self.spawn_error(source))?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::trim)
@@ -228,10 +226,7 @@ impl RuncCli {
             .stdin(Stdio::null())
             .output()
             .await
-            .map_err(|source| OciError::Spawn {
-                bin: self.bin.clone(),
-                source,
-            })?;
+            .map_err(|source| self.spawn_error(source))?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .next()
