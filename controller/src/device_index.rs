@@ -18,6 +18,15 @@ use crate::views;
 pub struct CachedDevice {
     pub labels: BTreeMap<String, String>,
     pub view: DeviceView,
+    /// `status.lastSeen`, seconds since the epoch.
+    pub last_seen: Option<i64>,
+}
+
+impl CachedDevice {
+    /// Whether the gateway's `Online=True` is out of date: not heard from within `window`.
+    pub fn stale(&self, now: i64, window: i64) -> bool {
+        self.last_seen.is_some_and(|t| now - t >= window)
+    }
 }
 
 type Key = (String, String);
@@ -36,6 +45,11 @@ fn entry(device: &Device) -> (Key, Arc<CachedDevice>) {
     let cached = CachedDevice {
         labels: device.labels().clone(),
         view: views::device_view(device, None),
+        last_seen: device
+            .status
+            .as_ref()
+            .and_then(|s| s.last_seen.as_ref())
+            .map(|t| t.0.as_second()),
     };
     (key, Arc::new(cached))
 }
@@ -80,6 +94,16 @@ impl DeviceIndex {
             .iter()
             .filter(|((ns, _), _)| ns == namespace)
             .map(|(_, d)| d.clone())
+            .collect()
+    }
+
+    /// Devices the gateway last marked online but not heard from within `window` seconds.
+    pub fn gone_quiet(&self, now: i64, window: i64) -> Vec<Key> {
+        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        devices
+            .iter()
+            .filter(|(_, d)| d.view.online && d.stale(now, window))
+            .map(|(k, _)| k.clone())
             .collect()
     }
 

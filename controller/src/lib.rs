@@ -5,7 +5,9 @@
 #![forbid(unsafe_code)]
 
 pub mod device_index;
+pub mod gateway;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;
 pub mod reconcile;
 pub mod registry;

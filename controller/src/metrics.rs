@@ -66,7 +66,7 @@ impl Metrics {
     }
 
     /// The text exposition format.
-    pub fn render(&self) -> String {
+    fn render_text(&self) -> String {
         self.with(|m| {
             let mut out = String::new();
             let _ = writeln!(out, "# HELP edgevisor_reconciles_total Fleet reconciles run.");
@@ -95,5 +95,11 @@ impl Metrics {
             let _ = writeln!(out, "edgevisor_leader {}", u8::from(m.leader));
             out
         })
+    }
+}
+
+impl crate::serve::Exposition for Metrics {
+    fn render(&self) -> String {
+        self.render_text()
     }
 }

@@ -80,6 +80,8 @@ pub struct Context {
     pub written: Mutex<Overlay>,
     /// Parallel target writes.
     pub write_concurrency: usize,
+    /// A device not heard from for this long counts as offline.
+    pub offline_after: Duration,
     /// Set once every store has its initial list: before, an empty cache would look like a
     /// fleet without devices.
     pub synced: std::sync::atomic::AtomicBool,
@@ -180,6 +182,8 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
                 continue;
             }
             let mut view = device.view.clone();
+            view.online =
+                view.online && !device.stale(now.as_second(), ctx.offline_after.as_secs() as i64);
             if !written.is_empty() {
                 let key = (ns.clone(), name.clone());
                 match written.get(&key) {
@@ -475,6 +479,7 @@ async fn create_revision(
 async fn file_contents(ctx: &Context, ns: &str, fleet: &Fleet) -> Result<Vec<FileContent>, Error> {
     let mut out = Vec::new();
     for f in &fleet.spec.template.files {
+        let secret = f.secret_key_ref.is_some();
         let bytes = if let Some(content) = &f.content {
             content.clone().into_bytes()
         } else if let Some(r) = &f.config_map_key_ref {
@@ -527,6 +532,7 @@ async fn file_contents(ctx: &Context, ns: &str, fleet: &Fleet) -> Result<Vec<Fil
             path: f.path.clone(),
             mode: f.mode.unwrap_or(0o644).clamp(0, 0o777) as u32,
             bytes,
+            secret,
         });
     }
     Ok(out)

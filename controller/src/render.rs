@@ -11,6 +11,8 @@ use edgevisor_crds::Architecture;
 use edgevisor_crds::fleet::{ContainerTemplate, DeviceTemplate, HealthCheck, RestartPolicy};
 use edgevisor_crds::fleet_revision::{ArchitectureState, Layer, ResolvedFile, ResolvedImage};
 use sha2::{Digest, Sha256};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::registry::PlatformImage;
 
@@ -53,6 +55,8 @@ pub struct FileContent {
     pub path: String,
     pub mode: u32,
     pub bytes: Vec<u8>,
+    /// From a Secret: its content is not copied into the FleetRevision.
+    pub secret: bool,
 }
 
 /// The content of one FleetRevision.
@@ -141,11 +145,13 @@ pub fn render(
     }
     let files = state_files
         .into_iter()
-        .map(|f| ResolvedFile {
+        .zip(files)
+        .map(|(f, content)| ResolvedFile {
             path: f.path,
             digest: f.digest,
             size: f.size as i64,
             mode: f.mode as i32,
+            content: (!content.secret).then(|| BASE64.encode(&content.bytes)),
         })
         .collect();
     Ok(Rendered {
@@ -378,6 +384,7 @@ mod tests {
             path: "web/site.conf".into(),
             mode: 0o644,
             bytes: b"greeting=hi\n".to_vec(),
+            secret: false,
         }]
     }
 

@@ -1,4 +1,4 @@
-//! The HTTP endpoints of the controller: `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP endpoints of the controller and the gateway: `/metrics`, `/healthz`, `/readyz`.
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,11 +12,14 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::metrics::Metrics;
+/// Metrics in the Prometheus text format.
+pub trait Exposition: Send + Sync {
+    fn render(&self) -> String;
+}
 
 /// What the endpoints report.
 pub struct Health {
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn Exposition>,
     /// Caches synced (leader) or standing by (not leader): able to do its job.
     pub ready: AtomicBool,
 }

@@ -14,7 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::rollout::{Phase, Plan};
 
 /// A condition's status, reason and message.
-type Cond = (&'static str, bool, &'static str, String);
+pub type Cond = (&'static str, bool, &'static str, String);
 
 /// The conditions of a phase, in the contract DESIGN §3 and the Argo CD and kstatus checks
 /// read.

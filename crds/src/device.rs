@@ -97,6 +97,11 @@ pub struct DeviceStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// How the device enrolled: the bootstrap token that admitted it and the hash of the
+    /// credential the gateway issued. Written by the gateway (field manager
+    /// `edgevisor-gateway-enrollment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment: Option<Enrollment>,
     /// The CPU architecture, as reported at enrollment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub architecture: Option<Architecture>,
@@ -126,6 +131,19 @@ pub struct DeviceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// A device's enrollment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Enrollment {
+    /// The sha256 (hex) of the device's credential; the credential itself is never stored.
+    #[schemars(length(min = 64, max = 64))]
+    pub credential_sha256: String,
+    /// The name of the bootstrap token Secret that admitted the device.
+    #[schemars(length(max = 253))]
+    pub bootstrap_token: String,
+    pub enrolled_at: Time,
 }
 
 /// The progress of one update on the device.

@@ -89,6 +89,11 @@ pub struct ResolvedFile {
     pub size: i64,
     /// Its permission bits.
     pub mode: i32,
+    /// Its content, base64, so the gateway can serve it to devices. Absent for files from
+    /// Secrets: a FleetRevision is readable by more people than the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1398104))]
+    pub content: Option<String>,
 }
 
 impl FleetRevisionSpec {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod commit;
 pub mod daemon;
+pub mod gateway_api;
 pub mod gc;
 pub mod install;
 pub mod layers;

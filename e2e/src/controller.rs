@@ -1,6 +1,5 @@
 //! Running the real controller binary as a local process, authenticated as the chart's
 //! controller ServiceAccount (a TokenRequest token), scoped to one test namespace.
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -8,74 +7,30 @@ use std::sync::OnceLock;
 use anyhow::{Context, bail};
 
 use crate::Env;
-
-/// The release every controller test runs under: its RBAC is what the controller gets.
-pub const RELEASE_NAMESPACE: &str = "edgevisor-system";
-const RELEASE: &str = "edgevisor";
+use crate::process::{cargo_binary, free_port, log_tail, open_log};
+pub use crate::release::RELEASE_NAMESPACE;
 
 static BUILT: OnceLock<PathBuf> = OnceLock::new();
 static RELEASE_KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
 
 /// Builds the `edgevisor` binary (a no-op when up to date) and returns its path; or the
-/// binary `EDGEVISOR_CONTROLLER_BIN` names (the benchmarks' optimised build).
+/// binary `EDGEVISOR_CONTROLLER_BIN` names (the benchmarks' optimised build). The gateway is the
+/// same binary.
 pub fn binary(env: &Env) -> &'static Path {
     BUILT.get_or_init(|| {
-        if let Ok(given) = std::env::var("EDGEVISOR_CONTROLLER_BIN") {
-            return PathBuf::from(given);
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "edgevisor-controller",
-                "--bin",
-                "edgevisor",
-            ])
-            .current_dir(&env.repo)
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building the controller failed");
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| env.repo.join("target"));
-        target.join("debug/edgevisor")
+        cargo_binary(
+            env,
+            "edgevisor-controller",
+            "edgevisor",
+            "EDGEVISOR_CONTROLLER_BIN",
+        )
     })
 }
 
 /// Installs the chart (once) and returns a kubeconfig of its controller ServiceAccount.
 pub fn controller_kubeconfig(env: &Env) -> &'static Path {
-    RELEASE_KUBECONFIG.get_or_init(|| {
-        env.ensure_crds();
-        env.helm([
-            "upgrade",
-            "--install",
-            RELEASE,
-            "charts/edgevisor",
-            "--namespace",
-            RELEASE_NAMESPACE,
-            "--create-namespace",
-            "--force-conflicts",
-        ])
-        .run()
-        .expect_ok("installing the chart");
-        let dir = env.repo.join("target/e2e-env/tokens");
-        std::fs::create_dir_all(&dir).expect("token dir");
-        let path = dir.join(format!("controller-{}.kubeconfig", std::process::id()));
-        env.command_in_repo(
-            "e2e/env",
-            [
-                "sa-kubeconfig",
-                RELEASE_NAMESPACE,
-                "edgevisor-controller",
-                &path.to_string_lossy(),
-            ],
-        )
-        .run()
-        .expect_ok("a token for the controller ServiceAccount");
-        path
-    })
+    RELEASE_KUBECONFIG
+        .get_or_init(|| crate::release::sa_kubeconfig(env, "edgevisor-controller"))
 }
 
 /// A running controller; killed when dropped.
@@ -96,26 +51,17 @@ pub struct Options<'a> {
     pub args: &'a [&'a str],
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Controller {
     /// Starts `edgevisor controller` as the chart's ServiceAccount.
     pub fn start(env: &Env, options: &Options<'_>) -> anyhow::Result<Controller> {
         let binary = binary(env);
         let kubeconfig = controller_kubeconfig(env);
         let port = free_port()?;
-        let logs = env.repo.join("target/e2e-env/logs");
-        std::fs::create_dir_all(&logs)?;
-        let log = logs.join(format!(
-            "controller-{}-{}.log",
+        let log = env.repo.join(format!(
+            "target/e2e-env/logs/controller-{}-{}.log",
             options.namespace, options.identity
         ));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
+        let out = open_log(&log)?;
         let child = Command::new(binary)
             .args(["controller", "--namespace", options.namespace])
             .args([
@@ -177,9 +123,7 @@ impl Controller {
 
     /// The last lines of its log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        log_tail(&self.log, 30)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Building OCI images and pushing them to the test registry with the distribution API, as a
 //! CI pipeline would, without a container engine.
 use std::io::Write;
+use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 use flate2::Compression;
@@ -57,6 +58,95 @@ pub fn busybox_layer() -> anyhow::Result<Vec<u8>> {
     Ok(tar.into_inner()?.finish()?)
 }
 
+/// The [`busybox_layer`], made once per test binary (the same bytes every time, so every image
+/// built on it shares the blob).
+pub fn shared_busybox_layer() -> anyhow::Result<&'static [u8]> {
+    static LAYER: OnceLock<Vec<u8>> = OnceLock::new();
+    if let Some(layer) = LAYER.get() {
+        return Ok(layer);
+    }
+    let layer = busybox_layer()?;
+    Ok(LAYER.get_or_init(|| layer))
+}
+
+/// `n` bytes that do not compress, the same for the same `seed` (xorshift64*).
+pub fn incompressible(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// An application layer: `app/run.sh` (mode 0755) holding `script`, and `app/payload`, `payload`
+/// incompressible bytes from `seed` (so the layer's size is known and a change of `seed` is a
+/// different layer of about the same size).
+pub fn app_layer(script: &str, seed: u64, payload: usize) -> anyhow::Result<Vec<u8>> {
+    let data = incompressible(seed, payload);
+    layer(&[
+        ("app/run.sh", script.as_bytes(), 0o755),
+        ("app/payload", &data, 0o644),
+    ])
+}
+
+/// A two-layer image pushed by [`push_app_image`]: busybox, then the application.
+#[derive(Clone, Debug)]
+pub struct AppImage {
+    /// `<registry>/<repo>:<tag>`, for a Fleet template.
+    pub reference: String,
+    /// What was pushed.
+    pub pushed: Pushed,
+    /// The application layer's digest and (compressed) size: what a device lacks when only this
+    /// layer changed.
+    pub app_layer_digest: String,
+    pub app_layer_size: u64,
+    /// The busybox layer's digest and size (shared by every app image).
+    pub base_layer_digest: String,
+    pub base_layer_size: u64,
+    /// The config's size (it changes with any layer).
+    pub config_size: u64,
+}
+
+/// Pushes `<registry>/<repo>:<tag>` for `architecture`: the shared busybox layer and an
+/// [`app_layer`] of `script` and `payload` bytes from `seed`; `Cmd` is `/bin/sh /app/run.sh`.
+/// Two calls that differ only in `seed` (or `script`) give images that share the busybox layer
+/// and differ in the application layer (and the config).
+#[allow(clippy::too_many_arguments)]
+pub async fn push_app_image(
+    registry: &Registry,
+    host: &str,
+    repo: &str,
+    tag: &str,
+    architecture: &str,
+    script: &str,
+    seed: u64,
+    payload: usize,
+) -> anyhow::Result<AppImage> {
+    let base = shared_busybox_layer()?.to_vec();
+    let app = app_layer(script, seed, payload)?;
+    let image = Image {
+        layers: vec![base, app],
+        architecture: architecture.to_string(),
+        variant: None,
+        cmd: vec!["/bin/sh".into(), "/app/run.sh".into()],
+    };
+    let pushed = registry.push_image(repo, Some(tag), &image).await?;
+    Ok(AppImage {
+        reference: format!("{host}/{repo}:{tag}"),
+        app_layer_digest: pushed.layer_digests[1].clone(),
+        app_layer_size: pushed.layer_sizes[1] as u64,
+        base_layer_digest: pushed.layer_digests[0].clone(),
+        base_layer_size: pushed.layer_sizes[0] as u64,
+        config_size: pushed.config_size as u64,
+        pushed,
+    })
+}
+
 /// An image to push: its layers and what its config says.
 pub struct Image {
     pub layers: Vec<Vec<u8>>,
@@ -71,7 +161,10 @@ pub struct Pushed {
     pub manifest_digest: String,
     pub manifest_size: usize,
     pub config_digest: String,
+    pub config_size: usize,
     pub layer_digests: Vec<String>,
+    /// The layers' (compressed) sizes, in order.
+    pub layer_sizes: Vec<usize>,
     pub architecture: String,
     pub variant: Option<String>,
 }
@@ -229,10 +322,12 @@ impl Registry {
             manifest_digest,
             manifest_size: manifest.len(),
             config_digest,
+            config_size: config.len(),
             layer_digests: layers
                 .iter()
                 .filter_map(|l| l["digest"].as_str().map(String::from))
                 .collect(),
+            layer_sizes: image.layers.iter().map(Vec::len).collect(),
             architecture: image.architecture.clone(),
             variant: image.variant.clone(),
         })

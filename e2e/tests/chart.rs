@@ -227,7 +227,7 @@ fn chart_installs_with_least_privilege_and_uninstall_keeps_crds_and_objects() {
             other,
             "patch",
             "devices.edgevisor.dev/status",
-            false,
+            true,
         ),
         (
             &release.controller,

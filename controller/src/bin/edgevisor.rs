@@ -1,5 +1,6 @@
 //! `edgevisor`: the cluster side of edgevisor. `edgevisor controller` runs the fleet
-//! controller (leader-elected, with /metrics, /healthz, /readyz).
+//! controller (leader-elected, with /metrics, /healthz, /readyz); `edgevisor gateway` runs the
+//! device-facing HTTPS API (any number of replicas).
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,6 +35,47 @@ enum Command {
     /// Run the fleet controller: render FleetRevisions, roll them out to Devices, report in
     /// Fleet status. Uses KUBECONFIG or the in-cluster ServiceAccount.
     Controller(ControllerArgs),
+    /// Run the device gateway: enrollment, targets by long-poll, device status, over HTTPS.
+    /// Uses KUBECONFIG or the in-cluster ServiceAccount.
+    Gateway(GatewayArgs),
+}
+
+#[derive(Parser)]
+struct GatewayArgs {
+    /// Address of the device API (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    metrics_addr: SocketAddr,
+    /// The server certificate chain (PEM), e.g. a mounted kubernetes.io/tls Secret's tls.crt.
+    #[arg(long)]
+    tls_cert: std::path::PathBuf,
+    /// The server's private key (PEM).
+    #[arg(long)]
+    tls_key: std::path::PathBuf,
+    /// Namespace of the bootstrap token Secrets.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "edgevisor-system")]
+    token_namespace: String,
+    /// A bootstrap token Secret (type edgevisor.dev/bootstrap-token); repeat for several.
+    #[arg(long = "bootstrap-token-secret", default_value = "edgevisor-bootstrap-token")]
+    bootstrap_token_secrets: Vec<String>,
+    /// Serve only Devices of this namespace (default: all namespaces).
+    #[arg(long, env = "EDGEVISOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Write a device's lastSeen/Online at most once per this many seconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    liveness_interval_seconds: u64,
+    /// Write a device's status at most once per this many milliseconds.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60000))]
+    status_coalesce_ms: u64,
+    /// How devices reach a registry: `HOST[:PORT]=URL` (the registry as image references
+    /// name it = its base URL from the devices); repeat for several.
+    #[arg(long = "device-registry", value_parser = edgevisor_controller::gateway::target::RegistryMap::parse_mapping)]
+    device_registries: Vec<(String, String)>,
+    /// A registry (`host:port`) devices reach over plain HTTP; repeat for several.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
 }
 
 #[derive(Parser)]
@@ -65,6 +107,11 @@ struct ControllerArgs {
     /// Device target writes in flight at once.
     #[arg(long, default_value_t = 16)]
     write_concurrency: usize,
+    /// A device whose lastSeen is older than this many seconds is offline: it is not started
+    /// on an update, counts as offline in its Fleet, and gets Online=False. Keep it a few
+    /// times the gateway's liveness interval.
+    #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(10..))]
+    offline_after_seconds: u64,
 }
 
 #[tokio::main]
@@ -79,7 +126,36 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Controller(args) => run_controller(args).await,
+        Command::Gateway(args) => run_gateway(args).await,
     }
+}
+
+async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    use edgevisor_controller::gateway::{self, target::RegistryMap};
+    let tls = gateway::http::tls_config(&args.tls_cert, &args.tls_key)?;
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let config = gateway::Config {
+        token_namespace: args.token_namespace,
+        token_secrets: args.bootstrap_token_secrets,
+        registries: RegistryMap {
+            device_urls: args.device_registries.into_iter().collect(),
+            insecure: args.insecure_registries.into_iter().collect(),
+        },
+        liveness: Duration::from_secs(args.liveness_interval_seconds),
+        coalesce: Duration::from_millis(args.status_coalesce_ms),
+    };
+    gateway::run(
+        client,
+        config,
+        args.namespace,
+        args.listen,
+        args.metrics_addr,
+        tls,
+        shutdown_signal(),
+    )
+    .await
 }
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
@@ -172,8 +248,13 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         revisions: revision_store.clone(),
         written: Default::default(),
         write_concurrency: args.write_concurrency,
+        offline_after: Duration::from_secs(args.offline_after_seconds),
         synced: false.into(),
     });
+    let offline = tokio::spawn(edgevisor_controller::liveness::mark_offline(
+        ctx.clone(),
+        Duration::from_secs((args.offline_after_seconds / 10).clamp(5, 60)),
+    ));
 
     // Renew the lease while leading; losing it means another replica may act: stop at once.
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
@@ -238,6 +319,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         });
     run.await;
     renewer.abort();
+    offline.abort();
     server.abort();
     metrics.set_leader(false);
     if lost.load(Ordering::Relaxed) {

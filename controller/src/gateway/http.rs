@@ -1,0 +1,317 @@
+//! The device API over HTTPS (HTTP/1.1, rustls), routes as in `controller/gateway-openapi.yaml`.
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use device_runtime::gateway_api::{DeviceReport, EnrollRequest, MAX_WAIT_SECONDS, Target};
+use edgevisor_crds::FleetRevision;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use kube::runtime::reflector::ObjectRef;
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info};
+
+use super::Gateway;
+use super::auth;
+use super::cache::{Entry, Key};
+use super::enroll::{self, EnrollError};
+use super::target;
+
+type Reply = Response<Full<Bytes>>;
+const MAX_BODY: usize = 64 << 10;
+const DEFAULT_WAIT_SECONDS: u64 = 30;
+
+/// An error answer: `{"error": "..."}`.
+struct Fail(StatusCode, String);
+
+impl Fail {
+    fn new(code: StatusCode, msg: impl Into<String>) -> Fail {
+        Fail(code, msg.into())
+    }
+}
+
+fn json_reply(code: StatusCode, body: &impl Serialize) -> Reply {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn empty(code: StatusCode) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = code;
+    r
+}
+
+/// Loads the server's certificate chain and key (PEM).
+pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing certificates in {}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the private key {}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and key do not match")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Serves the device API until the process ends.
+pub async fn serve(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    gw: Arc<Gateway>,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    info!(%addr, "serving the device API");
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(error) => {
+                // Out of file descriptors and the like: pause instead of spinning.
+                debug!(%error, "accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake"),
+                    Err(_) => return debug!(%peer, "TLS handshake timed out"),
+                };
+            let service = hyper::service::service_fn(move |req| {
+                let gw = gw.clone();
+                async move { Ok::<_, Infallible>(handle(&gw, req).await) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                debug!(%peer, %error, "connection");
+            }
+        });
+    }
+}
+
+async fn handle(gw: &Gateway, req: Request<Incoming>) -> Reply {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let (route, result) = match (method.clone(), segments.as_slice()) {
+        (Method::POST, ["v1", "enroll"]) => ("enroll", enroll_route(gw, req).await),
+        (Method::GET, ["v1", "devices", ns, name, "target"]) => {
+            ("target", target_route(gw, ns, name, &req).await)
+        }
+        (Method::PUT, ["v1", "devices", ns, name, "status"]) => {
+            let key = (ns.to_string(), name.to_string());
+            ("status", status_route(gw, key, req).await)
+        }
+        (Method::GET, ["v1", "devices", ns, name, "files", hex]) => {
+            ("files", files_route(gw, ns, name, hex, &req))
+        }
+        (_, ["v1", "enroll"])
+        | (_, ["v1", "devices", _, _, "target" | "status"])
+        | (_, ["v1", "devices", _, _, "files", _]) => (
+            "other",
+            Err(Fail::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} not allowed on {path}"))),
+        ),
+        _ => (
+            "other",
+            Err(Fail::new(StatusCode::NOT_FOUND, format!("no route {path}"))),
+        ),
+    };
+    let reply = result.unwrap_or_else(|Fail(code, error)| json_reply(code, &json!({ "error": error })));
+    gw.metrics.request(route, reply.status().as_u16());
+    reply
+}
+
+async fn body_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Fail> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, format!("the body is not valid: {e}")))
+}
+
+fn authorization(req: &Request<Incoming>) -> Option<&str> {
+    auth::bearer(req.headers().get(header::AUTHORIZATION)?.to_str().ok())
+}
+
+async fn enroll_route(gw: &Gateway, req: Request<Incoming>) -> Result<Reply, Fail> {
+    let presented = authorization(&req)
+        .ok_or_else(|| {
+            Fail::new(
+                StatusCode::UNAUTHORIZED,
+                "enrollment needs Authorization: Bearer <bootstrap token>",
+            )
+        })?
+        .to_string();
+    let request: EnrollRequest = body_json(req).await?;
+    match enroll::enroll(gw, &presented, &request).await {
+        Ok(response) => Ok(json_reply(StatusCode::CREATED, &response)),
+        Err(e) => {
+            let code = match e {
+                EnrollError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                EnrollError::Forbidden(_) => StatusCode::FORBIDDEN,
+                EnrollError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                EnrollError::Conflict(_) => StatusCode::CONFLICT,
+                EnrollError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            Err(Fail(code, e.to_string()))
+        }
+    }
+}
+
+/// The device a request's credential belongs to, if it may act as `ns/name`.
+fn authenticate(gw: &Gateway, req: &Request<Incoming>, ns: &str, name: &str) -> Result<(Key, Arc<Entry>), Fail> {
+    let credential = authorization(req).ok_or_else(|| {
+        Fail::new(StatusCode::UNAUTHORIZED, "Authorization: Bearer <credential> required")
+    })?;
+    let (key, entry) = gw
+        .devices
+        .by_credential(&auth::sha256_hex(credential.as_bytes()))
+        .ok_or_else(|| Fail::new(StatusCode::UNAUTHORIZED, "unknown credential"))?;
+    if entry.revoked {
+        return Err(Fail::new(
+            StatusCode::FORBIDDEN,
+            format!("device {}/{} is revoked", key.0, key.1),
+        ));
+    }
+    if key.0 != ns || key.1 != name {
+        return Err(Fail::new(
+            StatusCode::FORBIDDEN,
+            format!("device {}/{} may not act for {ns}/{name}", key.0, key.1),
+        ));
+    }
+    gw.writer.seen(&key);
+    Ok((key, entry))
+}
+
+fn query(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.to_string())
+    })
+}
+
+fn revision_of(gw: &Gateway, ns: &str, name: &str) -> Option<Arc<FleetRevision>> {
+    gw.revisions.get(&ObjectRef::new(name).within(ns))
+}
+
+fn current_target(gw: &Gateway, key: &Key, entry: &Entry) -> Option<Target> {
+    let revision = revision_of(gw, &key.0, entry.target.as_deref()?)?;
+    let arch = entry.status.architecture?;
+    target::target(&revision, arch.as_str(), &gw.config.registries)
+}
+
+async fn target_route(gw: &Gateway, ns: &str, name: &str, req: &Request<Incoming>) -> Result<Reply, Fail> {
+    let (key, _) = authenticate(gw, req, ns, name)?;
+    let known = query(req, "known").filter(|k| !k.is_empty());
+    let wait = match query(req, "waitSeconds") {
+        None => DEFAULT_WAIT_SECONDS,
+        Some(w) => w.parse::<u64>().map_err(|_| {
+            Fail::new(StatusCode::BAD_REQUEST, format!("waitSeconds {w:?} is not a number"))
+        })?,
+    }
+    .min(MAX_WAIT_SECONDS);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let notify = gw.devices.waiter(&key);
+    let _waiting = gw.metrics.waiting();
+    let result = loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let Some(entry) = gw.devices.get(&key) else {
+            break Err(Fail::new(StatusCode::UNAUTHORIZED, "the device no longer exists"));
+        };
+        if entry.revoked {
+            break Err(Fail::new(StatusCode::FORBIDDEN, format!("device {ns}/{name} is revoked")));
+        }
+        if let Some(t) = current_target(gw, &key, &entry)
+            && known.as_deref() != Some(t.revision.as_str())
+        {
+            break Ok(json_reply(StatusCode::OK, &t));
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => break Ok(empty(StatusCode::NO_CONTENT)),
+        }
+    };
+    gw.devices.release(&key, notify);
+    result
+}
+
+async fn status_route(gw: &Gateway, key: Key, req: Request<Incoming>) -> Result<Reply, Fail> {
+    authenticate(gw, &req, &key.0, &key.1)?;
+    let report: DeviceReport = body_json(req).await?;
+    let problems = report.validate();
+    if !problems.is_empty() {
+        return Err(Fail::new(StatusCode::UNPROCESSABLE_ENTITY, problems.join("; ")));
+    }
+    gw.writer.report(&key, &report);
+    Ok(empty(StatusCode::ACCEPTED))
+}
+
+fn files_route(gw: &Gateway, ns: &str, name: &str, hex: &str, req: &Request<Incoming>) -> Result<Reply, Fail> {
+    let (key, entry) = authenticate(gw, req, ns, name)?;
+    let not_found = || Fail::new(StatusCode::NOT_FOUND, format!("no file sha256:{hex} in the target of {ns}/{name}"));
+    let revision = entry
+        .target
+        .as_deref()
+        .and_then(|r| revision_of(gw, &key.0, r))
+        .ok_or_else(not_found)?;
+    let digest = format!("sha256:{hex}");
+    let file = revision
+        .spec
+        .files
+        .iter()
+        .find(|f| f.digest == digest)
+        .ok_or_else(not_found)?;
+    let content = file.content.as_deref().ok_or_else(|| {
+        Fail::new(
+            StatusCode::NOT_FOUND,
+            format!("file {} comes from a Secret; the gateway does not serve those", file.path),
+        )
+    })?;
+    let bytes = BASE64
+        .decode(content)
+        .map_err(|e| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, format!("file {}: {e}", file.path)))?;
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(r)
+}

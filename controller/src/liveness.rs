@@ -1,0 +1,47 @@
+//! Devices that stopped talking: the gateway keeps liveness in memory and writes `Online=True`
+//! with a coarse `lastSeen`; when a device goes quiet no gateway writes anything, so the
+//! controller (one leader, not N gateway replicas) sets `Online=False` once `lastSeen` is older
+//! than the offline window. It owns only that condition; the gateway takes it back (forced
+//! apply) when the device returns.
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgevisor_crds::Device;
+use edgevisor_crds::common::condition::ONLINE;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::Api;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::reconcile::{Context, FIELD_MANAGER};
+
+/// Marks quiet devices offline every `every`, until the task is dropped.
+pub async fn mark_offline(ctx: Arc<Context>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let now = Timestamp::now();
+        let window = ctx.offline_after.as_secs() as i64;
+        for (ns, name) in ctx.devices.gone_quiet(now.as_second(), window) {
+            let api: Api<Device> = Api::namespaced(ctx.client.clone(), &ns);
+            let patch = json!({
+                "apiVersion": "edgevisor.dev/v1alpha1",
+                "kind": "Device",
+                "status": {"conditions": [{
+                    "type": ONLINE,
+                    "status": "False",
+                    "reason": "NotSeen",
+                    "message": format!("not heard from in {window} s"),
+                    "lastTransitionTime": now,
+                }]},
+            });
+            match api
+                .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
+                .await
+            {
+                Ok(_) => info!(namespace = %ns, device = %name, "device went offline"),
+                Err(error) => warn!(namespace = %ns, device = %name, %error, "marking a device offline"),
+            }
+        }
+    }
+}

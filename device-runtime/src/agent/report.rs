@@ -1,0 +1,425 @@
+//! What the device tells the gateway, and when.
+//!
+//! Every part of the agent writes into one desired [`DeviceReport`] (a `watch` channel);
+//! one task, [`run_reporter`], sends it. The gateway writes `Device.status` from these
+//! reports, so they must stay few: a report goes out only when something a user would
+//! see changed ([`urgency`]), progress-only changes at most every `--status-interval-ms`,
+//! and a report that could not be delivered is retried with backoff, always sending the
+//! newest picture rather than a queue of old ones.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::backoff::Backoff;
+use super::credential::Credential;
+use super::gateway::{Gateway, GatewayError};
+use crate::gateway_api::{
+    ContainerReport, DeviceReport, MAX_CONTAINERS, MAX_MESSAGE, UpdateReport, is_dns_label,
+};
+use crate::lifecycle::{Progress, Status};
+
+/// How soon a changed report must go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// Nothing changed.
+    Same,
+    /// Only progress moved (percent, bytes, message): throttled.
+    Soon,
+    /// A status, revision, reason or container changed, or nothing was sent yet.
+    Now,
+}
+
+/// Compares what was last sent with what is to be sent. Pure.
+pub fn urgency(last: Option<&DeviceReport>, next: &DeviceReport) -> Urgency {
+    let Some(last) = last else {
+        return Urgency::Now;
+    };
+    if last == next {
+        return Urgency::Same;
+    }
+    if last.current_revision != next.current_revision || last.containers != next.containers {
+        return Urgency::Now;
+    }
+    match (&last.update, &next.update) {
+        (Some(a), Some(b))
+            if a.revision == b.revision && a.status == b.status && a.reason == b.reason =>
+        {
+            Urgency::Soon
+        }
+        _ => Urgency::Now,
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a char boundary, control characters (but newline
+/// and tab) replaced, so the gateway's checks never refuse a whole report over one field.
+pub fn clean_text(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    for c in s.chars() {
+        let c = if c.is_control() && c != '\n' && c != '\t' {
+            ' '
+        } else {
+            c
+        };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Makes a report pass [`DeviceReport::validate`]: bounded texts and counts, and a
+/// revision name the gateway accepts (revisions installed by hand with `evctl` need not
+/// be DNS labels; they are left out rather than failing the report).
+pub fn sanitize(mut r: DeviceReport) -> DeviceReport {
+    if r.current_revision.as_deref().is_some_and(|c| !is_dns_label(c)) {
+        r.current_revision = None;
+    }
+    if let Some(u) = &mut r.update {
+        u.progress = u.progress.min(100);
+        if u.total_bytes > 0 {
+            u.downloaded_bytes = u.downloaded_bytes.min(u.total_bytes);
+        }
+        for s in [&mut u.message, &mut u.reason].into_iter().flatten() {
+            *s = clean_text(s, MAX_MESSAGE);
+        }
+    }
+    if r.update.as_ref().is_some_and(|u| !is_dns_label(&u.revision)) {
+        r.update = None;
+    }
+    r.containers.retain(|c| is_dns_label(&c.name));
+    r.containers.truncate(MAX_CONTAINERS);
+    for c in &mut r.containers {
+        c.state = clean_text(&c.state, 32);
+        if let Some(m) = &mut c.message {
+            *m = clean_text(m, MAX_MESSAGE);
+        }
+    }
+    r
+}
+
+/// `GET /containers` of the runtime → reports. `ready` is whether the container is at
+/// its goal (running; healthy or signalled ready when it has such a check; or a job that
+/// completed), which is what a user asks of "ready".
+pub fn containers_from_runtime(v: &Value) -> Vec<ContainerReport> {
+    let Some(list) = v.as_array() else {
+        return Vec::new();
+    };
+    let mut out: Vec<ContainerReport> = list
+        .iter()
+        .filter_map(|c| {
+            let name = c["name"].as_str()?.to_owned();
+            let state = c["state"].as_str().unwrap_or("unknown").to_owned();
+            let running = state == "running";
+            let ready = c["completed"].as_bool() == Some(true)
+                || (running
+                    && match c["goal"].as_str() {
+                        Some("healthy") => c["healthy"].as_bool() == Some(true),
+                        Some("ready") => c["ready"].as_bool() == Some(true),
+                        _ => true,
+                    });
+            let exit_code = c["lastExit"]
+                .as_i64()
+                .and_then(|x| i32::try_from(x).ok());
+            let message = match (state.as_str(), exit_code) {
+                ("backoff", Some(code)) => Some(format!("exited with code {code}; restarting")),
+                ("exited", Some(code)) => Some(format!("exited with code {code}")),
+                _ => None,
+            };
+            Some(ContainerReport {
+                name,
+                state,
+                ready,
+                restarts: c["restarts"]
+                    .as_u64()
+                    .map(|r| u32::try_from(r).unwrap_or(u32::MAX))
+                    .unwrap_or(0),
+                exit_code,
+                message,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The committed revision in `GET /steps`.
+pub fn committed_revision(steps: &Value) -> Option<String> {
+    steps
+        .as_array()?
+        .iter()
+        .find(|s| s["committed"].as_bool() == Some(true))
+        .and_then(|s| s["rev"].as_str())
+        .map(str::to_owned)
+}
+
+/// Overall progress while the agent downloads: the runtime's `DOWNLOADING` is 10 % and
+/// its next phase 40 %, so downloads fill 10..40 and the percentage never goes back.
+pub fn download_percent(done: u64, total: u64) -> u8 {
+    let lo = Status::Downloading.progress_percent();
+    let hi = Status::Inprogress.progress_percent();
+    if total == 0 {
+        return lo;
+    }
+    let frac = done.min(total) as f64 / total as f64;
+    let p = lo as f64 + (hi - lo - 1) as f64 * frac;
+    (p as u8).clamp(lo, hi - 1)
+}
+
+/// The runtime's progress of `rev` → an update report; `bytes` are what the agent
+/// downloaded for it (downloaded, total). On failure the last log lines follow the
+/// message, since they usually say why.
+pub fn update_from_progress(rev: &str, p: &Progress, bytes: (u64, u64)) -> UpdateReport {
+    let mut message = p.status_msg.clone();
+    let tail: Vec<&String> = p.logs.iter().rev().take(5).rev().collect();
+    if !tail.is_empty() {
+        for l in tail {
+            message.push_str("\n| ");
+            message.push_str(l);
+        }
+    }
+    UpdateReport {
+        revision: rev.to_owned(),
+        status: p.status,
+        progress: p.progress.min(100),
+        message: (!message.is_empty()).then(|| clean_text(&message, MAX_MESSAGE)),
+        reason: p.reason.as_deref().map(|r| clean_text(r, MAX_MESSAGE)),
+        downloaded_bytes: bytes.0,
+        total_bytes: bytes.1,
+    }
+}
+
+/// The handle every part of the agent writes the desired report through.
+#[derive(Clone)]
+pub struct Reporter {
+    tx: watch::Sender<DeviceReport>,
+}
+
+impl Reporter {
+    pub fn new() -> (Reporter, watch::Receiver<DeviceReport>) {
+        let (tx, rx) = watch::channel(DeviceReport::default());
+        (Reporter { tx }, rx)
+    }
+
+    /// Changes the desired report; wakes the sender only when it really changed.
+    pub fn update(&self, f: impl FnOnce(&mut DeviceReport)) {
+        self.tx.send_if_modified(|r| {
+            let before = r.clone();
+            f(r);
+            *r != before
+        });
+    }
+
+    pub fn set_update(&self, u: UpdateReport) {
+        self.update(|r| r.update = Some(u));
+    }
+
+    pub fn current(&self) -> DeviceReport {
+        self.tx.borrow().clone()
+    }
+}
+
+/// Sends the desired report whenever [`urgency`] says so, until the channel closes.
+pub async fn run_reporter(
+    mut rx: watch::Receiver<DeviceReport>,
+    gateway: Gateway,
+    cred: Credential,
+    interval: Duration,
+) {
+    let mut last: Option<DeviceReport> = None;
+    let mut last_at = Instant::now();
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut refused = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
+    loop {
+        let next = sanitize(rx.borrow_and_update().clone());
+        match urgency(last.as_ref(), &next) {
+            Urgency::Same => {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Urgency::Soon => {
+                let due = last_at + interval;
+                if Instant::now() < due {
+                    // Wake for a change that cannot wait, or when the interval is up.
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due.into()) => {}
+                        r = rx.changed() => if r.is_err() { return },
+                    }
+                    continue;
+                }
+            }
+            Urgency::Now => {}
+        }
+        match gateway.report(&cred, &next).await {
+            Ok(()) => {
+                tracing::debug!(?next, "reported");
+                last = Some(next);
+                last_at = Instant::now();
+                backoff.reset();
+                refused.reset();
+            }
+            Err(GatewayError::Rejected { status, message }) => {
+                // The same report would be refused again: drop it and wait for the next.
+                tracing::error!("the gateway refused a status report ({status}): {message}");
+                last = Some(next);
+                last_at = Instant::now();
+            }
+            Err(GatewayError::Refused { status, message }) => {
+                let d = refused.next_delay();
+                tracing::error!(
+                    "credential refused: revoked or device deleted ({status}: {message}); \
+                     status report retried in {d:?}"
+                );
+                tokio::time::sleep(d).await;
+            }
+            Err(GatewayError::Transient(e)) => {
+                let d = backoff.next_delay();
+                tracing::warn!("status report failed, retrying in {d:?}: {e}");
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn upd(status: Status, progress: u8) -> UpdateReport {
+        UpdateReport {
+            revision: "web-1".into(),
+            status,
+            progress,
+            message: None,
+            reason: None,
+            downloaded_bytes: 0,
+            total_bytes: 0,
+        }
+    }
+
+    fn report(u: Option<UpdateReport>) -> DeviceReport {
+        DeviceReport {
+            current_revision: Some("web-0".into()),
+            update: u,
+            containers: vec![],
+        }
+    }
+
+    #[test]
+    fn only_visible_changes_are_urgent() {
+        let a = report(Some(upd(Status::Downloading, 10)));
+        assert_eq!(urgency(None, &a), Urgency::Now);
+        assert_eq!(urgency(Some(&a), &a.clone()), Urgency::Same);
+        let mut b = a.clone();
+        b.update.as_mut().unwrap().progress = 20;
+        b.update.as_mut().unwrap().downloaded_bytes = 5;
+        assert_eq!(urgency(Some(&a), &b), Urgency::Soon);
+        let mut c = b.clone();
+        c.update.as_mut().unwrap().status = Status::Inprogress;
+        assert_eq!(urgency(Some(&b), &c), Urgency::Now);
+        let mut d = c.clone();
+        d.containers.push(ContainerReport {
+            name: "app".into(),
+            state: "running".into(),
+            ready: true,
+            restarts: 0,
+            exit_code: None,
+            message: None,
+        });
+        assert_eq!(urgency(Some(&c), &d), Urgency::Now);
+        let mut e = d.clone();
+        e.current_revision = Some("web-1".into());
+        assert_eq!(urgency(Some(&d), &e), Urgency::Now);
+        let mut f = e.clone();
+        f.update.as_mut().unwrap().reason = Some("boom".into());
+        assert_eq!(urgency(Some(&e), &f), Urgency::Now);
+        assert_eq!(urgency(Some(&f), &report(None)), Urgency::Now);
+    }
+
+    #[test]
+    fn sanitized_reports_pass_the_gateways_validation() {
+        let mut u = upd(Status::Error, 250);
+        u.message = Some(format!("bad\u{1b}[31m{}", "é".repeat(MAX_MESSAGE)));
+        u.downloaded_bytes = 10;
+        u.total_bytes = 5;
+        let mut r = report(Some(u));
+        r.current_revision = Some("v1.2_hand".into());
+        for i in 0..100 {
+            r.containers.push(ContainerReport {
+                name: format!("c{i}"),
+                state: "running".into(),
+                ready: true,
+                restarts: 0,
+                exit_code: None,
+                message: Some("\u{7}".into()),
+            });
+        }
+        assert!(!r.validate().is_empty());
+        let s = sanitize(r);
+        assert!(s.validate().is_empty(), "{:?}", s.validate());
+        assert_eq!(s.current_revision, None);
+        assert_eq!(s.containers.len(), MAX_CONTAINERS);
+        let m = s.update.unwrap().message.unwrap();
+        assert!(m.starts_with("bad [31m") && m.len() <= MAX_MESSAGE);
+    }
+
+    #[test]
+    fn runtime_containers_map_to_reports() {
+        let v = json!([
+            {"name": "web", "state": "running", "restarts": 2, "goal": "running", "ready": false, "lastExit": null},
+            {"name": "db", "state": "running", "goal": "healthy", "healthy": null, "ready": false},
+            {"name": "sig", "state": "running", "goal": "ready", "ready": true},
+            {"name": "job", "state": "exited", "goal": "running", "completed": true, "lastExit": 0},
+            {"name": "crash", "state": "backoff", "goal": "running", "lastExit": 3, "restarts": 99999999999u64},
+            {"state": "running"},
+        ]);
+        let r = containers_from_runtime(&v);
+        let by: std::collections::BTreeMap<_, _> = r.iter().map(|c| (c.name.as_str(), c)).collect();
+        assert_eq!(r.len(), 5);
+        assert!(by["web"].ready && by["web"].restarts == 2);
+        assert!(!by["db"].ready);
+        assert!(by["sig"].ready);
+        assert!(by["job"].ready && by["job"].exit_code == Some(0));
+        assert!(!by["crash"].ready && by["crash"].restarts == u32::MAX);
+        assert_eq!(
+            by["crash"].message.as_deref(),
+            Some("exited with code 3; restarting")
+        );
+        assert_eq!(r[0].name, "crash", "sorted by name");
+        assert!(containers_from_runtime(&json!({"error": "x"})).is_empty());
+    }
+
+    #[test]
+    fn committed_revision_and_download_percent() {
+        let steps = json!([{"rev": "a", "committed": false}, {"rev": "b", "committed": true}]);
+        assert_eq!(committed_revision(&steps).as_deref(), Some("b"));
+        assert_eq!(committed_revision(&json!([])), None);
+        assert_eq!(download_percent(0, 0), 10);
+        assert_eq!(download_percent(0, 100), 10);
+        assert_eq!(download_percent(50, 100), 24);
+        assert_eq!(download_percent(100, 100), 39);
+        assert_eq!(download_percent(500, 100), 39);
+    }
+
+    #[test]
+    fn failures_carry_their_last_log_lines() {
+        let mut p = Progress::failed(
+            Status::Error,
+            "container app exited with code 3",
+            (0..8).map(|i| format!("line {i}")).collect(),
+        );
+        p.progress = 100;
+        let u = update_from_progress("web-2", &p, (7, 9));
+        assert_eq!(u.status, Status::Error);
+        assert_eq!(u.reason.as_deref(), Some("container app exited with code 3"));
+        let m = u.message.unwrap();
+        assert!(m.starts_with("container app exited with code 3\n| line 3\n"), "{m}");
+        assert!(m.ends_with("| line 7"));
+        assert_eq!((u.downloaded_bytes, u.total_bytes), (7, 9));
+    }
+}
