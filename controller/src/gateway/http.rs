@@ -28,6 +28,14 @@ use super::enroll::{self, EnrollError};
 use super::target;
 
 type Reply = Response<Full<Bytes>>;
+
+/// Every route, as `(method, path template)`; the OpenAPI document is checked against it.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/enroll"),
+    ("GET", "/v1/devices/{namespace}/{name}/target"),
+    ("PUT", "/v1/devices/{namespace}/{name}/status"),
+    ("GET", "/v1/devices/{namespace}/{name}/files/{sha256}"),
+];
 const MAX_BODY: usize = 64 << 10;
 const DEFAULT_WAIT_SECONDS: u64 = 30;
 
@@ -314,4 +322,27 @@ fn files_route(gw: &Gateway, ns: &str, name: &str, hex: &str, req: &Request<Inco
         header::HeaderValue::from_static("application/octet-stream"),
     );
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ROUTES;
+
+    #[test]
+    fn the_openapi_document_names_every_route_and_no_other() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway-openapi.yaml"))
+            .expect("gateway-openapi.yaml");
+        let doc: serde_json::Value = serde_norway::from_str(&text).expect("valid YAML");
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                documented.push((method.to_uppercase(), path.clone()));
+            }
+        }
+        documented.sort();
+        let mut served: Vec<(String, String)> =
+            ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        served.sort();
+        assert_eq!(documented, served);
+    }
 }
