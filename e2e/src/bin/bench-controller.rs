@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use edgevisor_crds::Device;
 use edgevisor_e2e::Env;
 use edgevisor_e2e::controller::{Controller, Options};
 use edgevisor_e2e::gateway_role::report_online;
 use edgevisor_e2e::images::{Registry, tiny_image};
+use edgevisor_e2e::measure::{apiserver_writes, rss_bytes, wait_ready};
 use futures::StreamExt;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
@@ -27,33 +28,6 @@ struct Args {
     concurrency: usize,
 }
 
-/// Write requests the apiserver has served, from its own /metrics.
-async fn apiserver_writes(env: &Env) -> anyhow::Result<f64> {
-    let text = env
-        .kubectl(["get", "--raw", "/metrics"])
-        .run()
-        .expect_ok("apiserver metrics");
-    let mut total = 0.0;
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let write = [
-            "verb=\"POST\"",
-            "verb=\"PUT\"",
-            "verb=\"PATCH\"",
-            "verb=\"APPLY\"",
-            "verb=\"DELETE\"",
-        ]
-        .iter()
-        .any(|v| line.contains(v));
-        if write && let Some(value) = line.rsplit(' ').next() {
-            total += value.parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    Ok(total)
-}
-
 async fn all_targeted(api: &Api<Device>, revision: &str, n: usize) -> anyhow::Result<bool> {
     let list = api.list(&ListParams::default()).await?;
     Ok(list
@@ -62,17 +36,6 @@ async fn all_targeted(api: &Api<Device>, revision: &str, n: usize) -> anyhow::Re
         .filter(|d| d.spec.revision.as_deref() == Some(revision))
         .count()
         == n)
-}
-
-fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")?;
-    Ok(kb * 1024)
 }
 
 #[tokio::main]
@@ -143,23 +106,7 @@ async fn main() -> anyhow::Result<()> {
         },
     )?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while reqwest::get(format!("http://{}/metrics", controller.metrics))
-        .await
-        .map(|r| r.status().is_success())
-        .ok()
-        != Some(true)
-        || !reqwest::get(format!("http://{}/readyz", controller.metrics))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    {
-        if Instant::now() > deadline {
-            bail!(
-                "the controller never became ready:\n{}",
-                controller.log_tail()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&controller.metrics, Duration::from_secs(120), || controller.log_tail()).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let writes_before = apiserver_writes(env).await?;

@@ -1,0 +1,385 @@
+//! The fleet benchmark (`e2e/bench/fleet`): thousands of simulated agents in one process speak
+//! the real device protocol (HTTPS, enrollment, long-poll, status) to a real gateway, with the
+//! real controller rolling one Fleet out to them on the test apiserver. Runtimes are simulated:
+//! an agent that sees a new target reports DOWNLOADING, INPROGRESS, TESTING and DONE.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use device_runtime::gateway_api::{
+    ContainerReport, DeviceReport, EnrollRequest, EnrollResponse, Target, UpdateReport,
+};
+use device_runtime::lifecycle::Status;
+use edgevisor_crds::{Device, Fleet, UpdateStatus};
+use edgevisor_e2e::Env;
+use edgevisor_e2e::controller::{Controller, Options};
+use edgevisor_e2e::gateway::{self, BootstrapToken, Gateway};
+use edgevisor_e2e::images::{Registry, tiny_image};
+use edgevisor_e2e::measure::{apiserver_writes, rss_bytes, wait_ready};
+use edgevisor_e2e::process::free_port;
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+/// Measure a rollout to many devices through the gateway, and the idle cost of a fleet.
+#[derive(Parser)]
+struct Args {
+    /// Simulated agents.
+    #[arg(long, default_value_t = 2000)]
+    devices: usize,
+    /// Seconds of idle polling measured after the rollout (scaled to an hour). One liveness
+    /// interval (300 s by default) and a little is the shortest honest window.
+    #[arg(long, default_value_t = 330)]
+    idle_seconds: u64,
+    /// Seconds a long-poll waits.
+    #[arg(long, default_value_t = 30)]
+    wait_seconds: u64,
+}
+
+#[derive(Clone)]
+struct Agent {
+    http: reqwest::Client,
+    base: String,
+    credential: String,
+    namespace: String,
+    name: String,
+}
+
+/// When each agent first saw each target: `<device>/<revision>` → when.
+type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+
+impl Agent {
+    fn url(&self, what: &str) -> String {
+        format!(
+            "{}/v1/devices/{}/{}/{what}",
+            self.base, self.namespace, self.name
+        )
+    }
+
+    async fn report(&self, report: &DeviceReport) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .put(self.url("status"))
+            .bearer_auth(&self.credential)
+            .json(report)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("status: {}", r.status());
+        }
+        Ok(())
+    }
+
+    /// Long-polls and simulates updates until `stop`.
+    async fn run(self, stop: Arc<AtomicBool>, seen: Seen, wait: u64) {
+        let mut known: Option<String> = None;
+        while !stop.load(Ordering::Relaxed) {
+            let mut url = format!("{}?waitSeconds={wait}", self.url("target"));
+            if let Some(k) = &known {
+                url.push_str(&format!("&known={k}"));
+            }
+            let response = match self.http.get(url).bearer_auth(&self.credential).send().await {
+                Ok(r) => r,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if response.status() != reqwest::StatusCode::OK {
+                if !response.status().is_success() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                continue;
+            }
+            let Ok(target) = response.json::<Target>().await else {
+                continue;
+            };
+            seen.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(format!("{}/{}", self.name, target.revision))
+                .or_insert_with(Instant::now);
+            let _ = self.simulate(&target, known.as_deref()).await;
+            known = Some(target.revision);
+        }
+    }
+
+    async fn simulate(&self, target: &Target, current: Option<&str>) -> anyhow::Result<()> {
+        let total: u64 = target.blobs.iter().map(|b| b.size).sum();
+        let step = |status, progress, downloaded, current: Option<&str>, running: bool| DeviceReport {
+            current_revision: current.map(str::to_string),
+            update: Some(UpdateReport {
+                revision: target.revision.clone(),
+                status,
+                progress,
+                message: Some(format!("{status:?}").to_lowercase()),
+                reason: None,
+                downloaded_bytes: downloaded,
+                total_bytes: total,
+            }),
+            containers: vec![ContainerReport {
+                name: "app".into(),
+                state: if running { "running" } else { "stopped" }.into(),
+                ready: running,
+                restarts: 0,
+                exit_code: None,
+                message: None,
+            }],
+        };
+        let pause = || tokio::time::sleep(Duration::from_millis(150));
+        self.report(&step(Status::Downloading, 0, 0, current, true)).await?;
+        pause().await;
+        self.report(&step(Status::Downloading, 50, total / 2, current, true)).await?;
+        pause().await;
+        self.report(&step(Status::Inprogress, 80, total, current, false)).await?;
+        pause().await;
+        self.report(&step(Status::Testing, 90, total, Some(&target.revision), true)).await?;
+        pause().await;
+        self.report(&step(Status::Done, 100, total, Some(&target.revision), true)).await
+    }
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let env = Env::get();
+    let client: Client = env.client().await?;
+    let ns = env.namespace("fleetbench");
+    let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
+
+    let dir = env.repo.join(format!("target/e2e-env/bench-fleet-{}", std::process::id()));
+    let tls = edgevisor_e2e::tls::make_server_cert(&dir, &[])?;
+    let mut token = BootstrapToken::new(&ns)?;
+    token.labels.insert("role".into(), "fleetbench".into());
+    gateway::apply_bootstrap_token(&client, &token).await?;
+    let listen = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut options = gateway::Options::new("bench", listen, &tls);
+    options.namespace = Some(ns.clone());
+    let mut gw = Gateway::start(env, &options)?;
+    gw.wait_listening(Duration::from_secs(60))?;
+    wait_ready(&gw.metrics, Duration::from_secs(60), || gw.log_tail()).await?;
+
+    // Enroll every agent, each with its own HTTPS connection.
+    eprintln!("bench: enrolling {} agents in {ns}", args.devices);
+    let started = Instant::now();
+    let ca = reqwest::Certificate::from_pem(&tls.ca_pem()?)?;
+    let enrolled: Vec<anyhow::Result<Agent>> = futures::stream::iter(0..args.devices)
+        .map(|i| {
+            let (ca, base, token) = (ca.clone(), gw.url.clone(), token.token.clone());
+            async move {
+                let http = reqwest::Client::builder()
+                    .tls_certs_only([ca])
+                    .pool_max_idle_per_host(1)
+                    .timeout(Duration::from_secs(90))
+                    .build()?;
+                let request = EnrollRequest {
+                    name: format!("sim-{i:05}"),
+                    architecture: "amd64".into(),
+                    info: [("model".to_string(), "simulated".to_string())].into(),
+                };
+                let r = http
+                    .post(format!("{base}/v1/enroll"))
+                    .bearer_auth(&token)
+                    .json(&request)
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("enrolling {}: {} {}", request.name, r.status(), r.text().await?);
+                }
+                let e: EnrollResponse = r.json().await?;
+                Ok(Agent {
+                    http,
+                    base,
+                    credential: e.credential,
+                    namespace: e.namespace,
+                    name: e.name,
+                })
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let agents = enrolled.into_iter().collect::<anyhow::Result<Vec<Agent>>>()?;
+    eprintln!("bench: enrolled in {:.1}s", started.elapsed().as_secs_f64());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Seen = Default::default();
+    let tasks: Vec<_> = agents
+        .iter()
+        .cloned()
+        .map(|a| tokio::spawn(a.run(stop.clone(), seen.clone(), args.wait_seconds)))
+        .collect();
+    // Devices are online once the gateway's liveness write lands.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let online = devices
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .filter(|d| {
+                d.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Online" && c.status == "True")
+                })
+            })
+            .count();
+        if online == args.devices {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {online} of {} devices came online:\n{}", args.devices, gw.log_tail());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // The controller, and a watch that notes when each device's target changes.
+    let registry = Registry::new(&env.registry);
+    let repo = format!("bench/{ns}/app");
+    registry
+        .push_index(&repo, "v1", &[tiny_image("amd64", None, "fleet")?])
+        .await?;
+    let controller = Controller::start(
+        env,
+        &Options {
+            namespace: &ns,
+            identity: "fleetbench",
+            lease_seconds: 15,
+            args: &[],
+        },
+    )?;
+    wait_ready(&controller.metrics, Duration::from_secs(120), || controller.log_tail()).await?;
+    let targeted: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let done: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let watch = {
+        let (targeted, done) = (targeted.clone(), done.clone());
+        tokio::spawn(
+            watcher(devices.clone(), watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .try_for_each(move |d: Device| {
+                    let now = Instant::now();
+                    if let Some(r) = &d.spec.revision {
+                        targeted
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(format!("{}/{r}", d.name_any()))
+                            .or_insert(now);
+                    }
+                    if let Some(u) = d.status.as_ref().and_then(|s| s.update.as_ref())
+                        && u.status == UpdateStatus::Done
+                    {
+                        done.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(format!("{}/{}", d.name_any(), u.revision))
+                            .or_insert(now);
+                    }
+                    futures::future::ready(Ok(()))
+                }),
+        )
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let fleets: Api<Fleet> = Api::namespaced(client.clone(), &ns);
+    let writes_before = apiserver_writes(env).await?;
+    let fleet = json!({
+        "apiVersion": "edgevisor.dev/v1alpha1", "kind": "Fleet", "metadata": {"name": "bench"},
+        "spec": {"selector": {"matchLabels": {"role": "fleetbench"}},
+                 "template": {"containers": [{"name": "app", "image": format!("{}/{repo}:v1", env.registry)}]},
+                 "strategy": {"maxUnavailable": "100%", "failureThreshold": "100%"}}
+    });
+    let started = Instant::now();
+    fleets
+        .patch("bench", &PatchParams::apply("bench-user"), &Patch::Apply(fleet))
+        .await?;
+    let revision = loop {
+        if let Some(r) = fleets.get("bench").await?.status.and_then(|s| s.update_revision) {
+            break r;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("no update revision:\n{}", controller.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let suffix = format!("/{revision}");
+    loop {
+        let n = done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .filter(|k| k.ends_with(&suffix))
+            .count();
+        if n >= args.devices {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            bail!(
+                "only {n} of {} devices reached DONE:\ngateway:\n{}\ncontroller:\n{}",
+                args.devices,
+                gw.log_tail(),
+                controller.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rollout = started.elapsed().as_secs_f64();
+    // Let the coalesced writes that follow DONE land before counting.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let update_writes = apiserver_writes(env).await? - writes_before;
+
+    // From the watch seeing a device's new target to its agent seeing it: the watch sees the
+    // write a moment after it lands, so this slightly understates the delay.
+    let delays: Vec<f64> = {
+        let targeted = targeted.lock().unwrap_or_else(|e| e.into_inner());
+        let seen_at = seen.lock().unwrap_or_else(|e| e.into_inner());
+        targeted
+            .iter()
+            .filter(|(k, _)| k.ends_with(&suffix))
+            .filter_map(|(k, t)| Some(seen_at.get(k)?.saturating_duration_since(*t).as_secs_f64()))
+            .collect()
+    };
+    let gateway_rss = rss_bytes(gw.pid())?;
+
+    eprintln!("bench: idle for {} s with every agent polling", args.idle_seconds);
+    let idle_before = apiserver_writes(env).await?;
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    let idle_writes = apiserver_writes(env).await? - idle_before;
+
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.abort();
+    }
+    watch.abort();
+    let n = args.devices as f64;
+    println!("bench: fleet_rollout_seconds {rollout:.2} s");
+    println!("bench: gateway_rss_bytes {gateway_rss} bytes");
+    println!(
+        "bench: apiserver_writes_per_device_update {:.2} writes",
+        update_writes / n
+    );
+    println!(
+        "bench: apiserver_writes_per_device_idle_hour {:.2} writes",
+        idle_writes / n * 3600.0 / args.idle_seconds as f64
+    );
+    println!(
+        "bench: target_delay_p99_seconds {:.3} s",
+        percentile(delays, 0.99)
+    );
+    let _ = std::fs::remove_dir_all(&dir).context("removing the TLS dir");
+    Ok(())
+}

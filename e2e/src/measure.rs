@@ -1,0 +1,61 @@
+//! What the benchmarks measure from outside a process: the apiserver's write count, a
+//! process's resident memory, and a component's readiness.
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::Env;
+
+/// Write requests the apiserver has served, from its own /metrics.
+pub async fn apiserver_writes(env: &Env) -> anyhow::Result<f64> {
+    let text = env
+        .kubectl(["get", "--raw", "/metrics"])
+        .run()
+        .expect_ok("apiserver metrics");
+    let mut total = 0.0;
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let write = [
+            "verb=\"POST\"",
+            "verb=\"PUT\"",
+            "verb=\"PATCH\"",
+            "verb=\"APPLY\"",
+            "verb=\"DELETE\"",
+        ]
+        .iter()
+        .any(|v| line.contains(v));
+        if write && let Some(value) = line.rsplit(' ').next() {
+            total += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
+/// A process's resident set, in bytes.
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024)
+}
+
+/// Waits until `http://{metrics}/readyz` answers 200.
+pub async fn wait_ready(metrics: &str, timeout: Duration, log: impl Fn() -> String) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !reqwest::get(format!("http://{metrics}/readyz"))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        if Instant::now() > deadline {
+            bail!("{metrics} never became ready:\n{}", log());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
