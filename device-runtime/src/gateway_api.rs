@@ -184,7 +184,10 @@ impl DeviceReport {
         }
         if let Some(u) = &self.update {
             if !is_dns_label(&u.revision) {
-                p.push(format!("update.revision {:?} is not a revision name", u.revision));
+                p.push(format!(
+                    "update.revision {:?} is not a revision name",
+                    u.revision
+                ));
             }
             if u.progress > 100 {
                 p.push("update.progress must be 0..=100".into());

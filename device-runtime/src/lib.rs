@@ -1,9 +1,11 @@
 //! The edgevisor device runtime (see DESIGN §4): an update manager that installs
 //! revisions of containers from a content-addressed store, tries them, and commits
 //! or rolls back by itself. It does not know Kubernetes exists; everything it does is
-//! driven through the control socket ([`api`]), which `evctl` ([`client`]) speaks.
+//! driven through the control socket ([`api`]), which `evctl` ([`client`]) speaks, and
+//! so does the cloud agent ([`agent`]), the device's client of the gateway.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod bundle;
 pub mod cli;

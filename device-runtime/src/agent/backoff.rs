@@ -89,7 +89,10 @@ mod tests {
             let lo = delay(attempt, base, cap, 0.0);
             let hi = delay(attempt, base, cap, 0.999_999);
             assert_eq!(lo, full / 2, "attempt {attempt}");
-            assert!(hi <= full && hi >= full * 99 / 100, "attempt {attempt}: {hi:?}");
+            assert!(
+                hi <= full && hi >= full * 99 / 100,
+                "attempt {attempt}: {hi:?}"
+            );
         }
         assert_eq!(delay(0, base, cap, 0.0), 50 * MS);
         assert_eq!(delay(3, base, cap, 0.0), 400 * MS);

@@ -135,7 +135,10 @@ mod tests {
         assert_eq!(load(&state).unwrap(), None);
         store(&state, &sample()).unwrap();
         assert_eq!(load(&state).unwrap(), Some(sample()));
-        let mode = std::fs::metadata(path(&state)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(path(&state))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let dmode = std::fs::metadata(&state).unwrap().permissions().mode();
         assert_eq!(dmode & 0o077, 0, "state dir readable by others: {dmode:o}");

@@ -101,11 +101,9 @@ impl Gateway {
     fn url(&self, segments: &[&str]) -> Result<Url, GatewayError> {
         let mut u = self.base.clone();
         {
-            let mut s = u.path_segments_mut().map_err(|()| {
-                GatewayError::Rejected {
-                    status: 0,
-                    message: "gateway URL cannot take a path".into(),
-                }
+            let mut s = u.path_segments_mut().map_err(|()| GatewayError::Rejected {
+                status: 0,
+                message: "gateway URL cannot take a path".into(),
             })?;
             s.pop_if_empty();
             s.extend(segments);
@@ -247,13 +245,19 @@ mod tests {
         ));
         for s in [429, 500, 502, 503] {
             let s = StatusCode::from_u16(s).unwrap();
-            assert!(matches!(classify(s, m()), GatewayError::Transient(_)), "{s}");
+            assert!(
+                matches!(classify(s, m()), GatewayError::Transient(_)),
+                "{s}"
+            );
         }
     }
 
     #[test]
     fn error_bodies() {
-        assert_eq!(error_message(br#"{"error":"token used up"}"#), "token used up");
+        assert_eq!(
+            error_message(br#"{"error":"token used up"}"#),
+            "token used up"
+        );
         assert_eq!(error_message(b"  plain text\n"), "plain text");
         assert_eq!(error_message(b""), "(no body)");
         assert_eq!(error_message(&[b'x'; 1000]).chars().count(), 301);

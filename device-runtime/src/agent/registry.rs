@@ -178,8 +178,13 @@ pub fn parse_docker_config(bytes: &[u8]) -> Result<HashMap<String, String>, Stri
         #[serde(default)]
         password: Option<String>,
     }
-    let cfg: Config =
+    let v: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("not a docker config.json: {e}"))?;
+    if !v.is_object() {
+        return Err("not a docker config.json: not a JSON object".into());
+    }
+    let cfg: Config =
+        serde_json::from_value(v).map_err(|e| format!("not a docker config.json: {e}"))?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut out = HashMap::new();
     for (key, e) in cfg.auths {
@@ -190,15 +195,11 @@ pub fn parse_docker_config(bytes: &[u8]) -> Result<HashMap<String, String>, Stri
                     .ok()
                     .is_some_and(|raw| raw.contains(&b':'));
                 if !ok {
-                    return Err(format!(
-                        "auths[{key}].auth must be base64 of user:password"
-                    ));
+                    return Err(format!("auths[{key}].auth must be base64 of user:password"));
                 }
                 auth.trim().to_owned()
             }
-            (None, Some(user)) => {
-                b64.encode(format!("{user}:{}", e.password.unwrap_or_default()))
-            }
+            (None, Some(user)) => b64.encode(format!("{user}:{}", e.password.unwrap_or_default())),
             (None, None) => continue,
         };
         let host = normalize_host(&key);
@@ -284,6 +285,19 @@ impl Downloader {
         }
     }
 
+    /// Deletes every spool file. Called when an update comes to rest: what a cancelled
+    /// update left is then of no use, and the spool must not grow without bound.
+    pub async fn clear_spool(&self) {
+        let Ok(mut dir) = tokio::fs::read_dir(&self.cfg.spool_dir).await else {
+            return;
+        };
+        while let Ok(Some(e)) = dir.next_entry().await {
+            if e.file_name().to_string_lossy().ends_with(".partial") {
+                remove(&e.path()).await;
+            }
+        }
+    }
+
     pub fn spool_path(&self, hex: &str) -> PathBuf {
         self.cfg.spool_dir.join(format!("{hex}.partial"))
     }
@@ -291,7 +305,11 @@ impl Downloader {
     /// Downloads `f` into its spool file and verifies it; returns the spool's path (the
     /// caller uploads it to the runtime and deletes it). `progress` counts the bytes of
     /// every blob sharing it (resumed bytes included; bytes thrown away are taken back).
-    pub async fn download(&self, f: &Fetch, progress: &AtomicU64) -> Result<PathBuf, DownloadError> {
+    pub async fn download(
+        &self,
+        f: &Fetch,
+        progress: &AtomicU64,
+    ) -> Result<PathBuf, DownloadError> {
         if !crate::state::is_sha256_hex(&f.hex) {
             return Err(fail(&f.hex, "not a sha256 digest"));
         }
@@ -335,7 +353,10 @@ impl Downloader {
         counted: &mut Counted<'_>,
     ) -> Result<(), DownloadError> {
         let hex = f.hex.as_str();
-        let mut have = tokio::fs::metadata(spool).await.map(|m| m.len()).unwrap_or(0);
+        let mut have = tokio::fs::metadata(spool)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         if have > f.size {
             remove(spool).await;
             have = 0;
@@ -409,11 +430,9 @@ impl Downloader {
                 return Err(retry(hex, format!("{s} from {}", resp.url())));
             }
             s => {
+                let url = resp.url().to_string();
                 let body = resp.text().await.unwrap_or_default();
-                return Err(fail(
-                    hex,
-                    format!("{s} from {}: {}", resp.url(), excerpt(&body)),
-                ));
+                return Err(fail(hex, format!("{s} from {url}: {}", excerpt(&body))));
             }
         }
         if let Some(n) = resp.content_length()
@@ -565,8 +584,8 @@ impl Downloader {
                 ));
             }
         };
-        let mut url = Url::parse(&realm)
-            .map_err(|e| fail(hex, format!("bad token realm {realm:?}: {e}")))?;
+        let mut url =
+            Url::parse(&realm).map_err(|e| fail(hex, format!("bad token realm {realm:?}: {e}")))?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = &service {
@@ -596,9 +615,7 @@ impl Downloader {
         let mut body = Vec::new();
         loop {
             match resp.chunk().await {
-                Ok(Some(c)) if body.len() + c.len() <= MAX_TOKEN_BODY => {
-                    body.extend_from_slice(&c)
-                }
+                Ok(Some(c)) if body.len() + c.len() <= MAX_TOKEN_BODY => body.extend_from_slice(&c),
                 Ok(Some(_)) => return Err(fail(hex, "token answer larger than 64 KiB")),
                 Ok(None) => break,
                 Err(e) => return Err(retry(hex, format!("token answer: {e:#}"))),
@@ -695,7 +712,12 @@ mod tests {
         assert_eq!(parse_challenge("Negotiate abc"), None);
         assert_eq!(parse_challenge(""), None);
         // Garbage never panics.
-        for s in ["Bearer =", "Bearer realm=\"unterminated", "Bearer ,,,=,=\"", "Bearer a"] {
+        for s in [
+            "Bearer =",
+            "Bearer realm=\"unterminated",
+            "Bearer ,,,=,=\"",
+            "Bearer a",
+        ] {
             let _ = parse_challenge(s);
         }
         assert_eq!(
@@ -734,13 +756,20 @@ mod tests {
     fn hosts_and_blob_urls() {
         let u = Url::parse("http://LocalHost:5000").unwrap();
         assert_eq!(url_host(&u), "localhost:5000");
-        assert_eq!(url_host(&Url::parse("https://r.example:443/").unwrap()), "r.example");
+        assert_eq!(
+            url_host(&Url::parse("https://r.example:443/").unwrap()),
+            "r.example"
+        );
         assert_eq!(normalize_host("r.example:5000"), "r.example:5000");
         let hex = "a".repeat(64);
         assert_eq!(
-            blob_url(&Url::parse("https://r.example/mirror/").unwrap(), "team/app", &hex)
-                .unwrap()
-                .as_str(),
+            blob_url(
+                &Url::parse("https://r.example/mirror/").unwrap(),
+                "team/app",
+                &hex
+            )
+            .unwrap()
+            .as_str(),
             format!("https://r.example/mirror/v2/team/app/blobs/sha256:{hex}")
         );
         assert!(blob_url(&Url::parse("ftp://r.example").unwrap(), "a", &hex).is_none());
@@ -749,7 +778,10 @@ mod tests {
 
     #[test]
     fn token_answers_and_content_ranges() {
-        assert_eq!(token_from_answer(br#"{"token":"t1"}"#).as_deref(), Some("t1"));
+        assert_eq!(
+            token_from_answer(br#"{"token":"t1"}"#).as_deref(),
+            Some("t1")
+        );
         assert_eq!(
             token_from_answer(br#"{"access_token":"t2","expires_in":60}"#).as_deref(),
             Some("t2")

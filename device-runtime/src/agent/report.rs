@@ -74,7 +74,10 @@ pub fn clean_text(s: &str, max: usize) -> String {
 /// revision name the gateway accepts (revisions installed by hand with `evctl` need not
 /// be DNS labels; they are left out rather than failing the report).
 pub fn sanitize(mut r: DeviceReport) -> DeviceReport {
-    if r.current_revision.as_deref().is_some_and(|c| !is_dns_label(c)) {
+    if r.current_revision
+        .as_deref()
+        .is_some_and(|c| !is_dns_label(c))
+    {
         r.current_revision = None;
     }
     if let Some(u) = &mut r.update {
@@ -86,7 +89,10 @@ pub fn sanitize(mut r: DeviceReport) -> DeviceReport {
             *s = clean_text(s, MAX_MESSAGE);
         }
     }
-    if r.update.as_ref().is_some_and(|u| !is_dns_label(&u.revision)) {
+    if r.update
+        .as_ref()
+        .is_some_and(|u| !is_dns_label(&u.revision))
+    {
         r.update = None;
     }
     r.containers.retain(|c| is_dns_label(&c.name));
@@ -120,9 +126,7 @@ pub fn containers_from_runtime(v: &Value) -> Vec<ContainerReport> {
                         Some("ready") => c["ready"].as_bool() == Some(true),
                         _ => true,
                     });
-            let exit_code = c["lastExit"]
-                .as_i64()
-                .and_then(|x| i32::try_from(x).ok());
+            let exit_code = c["lastExit"].as_i64().and_then(|x| i32::try_from(x).ok());
             let message = match (state.as_str(), exit_code) {
                 ("backoff", Some(code)) => Some(format!("exited with code {code}; restarting")),
                 ("exited", Some(code)) => Some(format!("exited with code {code}")),
@@ -416,9 +420,15 @@ mod tests {
         p.progress = 100;
         let u = update_from_progress("web-2", &p, (7, 9));
         assert_eq!(u.status, Status::Error);
-        assert_eq!(u.reason.as_deref(), Some("container app exited with code 3"));
+        assert_eq!(
+            u.reason.as_deref(),
+            Some("container app exited with code 3")
+        );
         let m = u.message.unwrap();
-        assert!(m.starts_with("container app exited with code 3\n| line 3\n"), "{m}");
+        assert!(
+            m.starts_with("container app exited with code 3\n| line 3\n"),
+            "{m}"
+        );
         assert!(m.ends_with("| line 7"));
         assert_eq!((u.downloaded_bytes, u.total_bytes), (7, 9));
     }
