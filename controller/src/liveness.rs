@@ -9,8 +9,8 @@ use std::time::Duration;
 use edgevisor_crds::Device;
 use edgevisor_crds::common::condition::ONLINE;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::Api;
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -36,11 +36,17 @@ pub async fn mark_offline(ctx: Arc<Context>, every: Duration) {
                 }]},
             });
             match api
-                .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
+                .patch_status(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(patch),
+                )
                 .await
             {
                 Ok(_) => info!(namespace = %ns, device = %name, "device went offline"),
-                Err(error) => warn!(namespace = %ns, device = %name, %error, "marking a device offline"),
+                Err(error) => {
+                    warn!(namespace = %ns, device = %name, %error, "marking a device offline")
+                }
             }
         }
     }

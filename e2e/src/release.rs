@@ -16,7 +16,17 @@ pub const RELEASE: &str = "edgevisor";
 static INSTALLED: OnceLock<()> = OnceLock::new();
 static KUBECONFIGS: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
 
-/// Installs (or upgrades) the chart with its default values, once per test binary.
+/// Bootstrap-token Secrets the gateway may read, one per test that enrolls devices, so tests
+/// running at the same time do not replace each other's token.
+pub const TOKEN_SECRETS: &[&str] = &[
+    "edgevisor-bootstrap-token",
+    "e2e-token-gateway-api",
+    "e2e-token-story",
+    "e2e-token-bench",
+];
+
+/// Installs (or upgrades) the chart with its default values (and the test token Secrets),
+/// once per test binary.
 pub fn install_chart(env: &Env) {
     INSTALLED.get_or_init(|| {
         env.ensure_crds();
@@ -29,6 +39,11 @@ pub fn install_chart(env: &Env) {
             RELEASE_NAMESPACE,
             "--create-namespace",
             "--force-conflicts",
+            "--set-json",
+            &format!(
+                "gateway.bootstrapTokenSecrets={}",
+                serde_json::json!(TOKEN_SECRETS)
+            ),
         ])
         .run()
         .expect_ok("installing the chart");

@@ -58,7 +58,10 @@ struct GatewayArgs {
     #[arg(long, env = "POD_NAMESPACE", default_value = "edgevisor-system")]
     token_namespace: String,
     /// A bootstrap token Secret (type edgevisor.dev/bootstrap-token); repeat for several.
-    #[arg(long = "bootstrap-token-secret", default_value = "edgevisor-bootstrap-token")]
+    #[arg(
+        long = "bootstrap-token-secret",
+        default_value = "edgevisor-bootstrap-token"
+    )]
     bootstrap_token_secrets: Vec<String>,
     /// Serve only Devices of this namespace (default: all namespaces).
     #[arg(long, env = "EDGEVISOR_NAMESPACE")]

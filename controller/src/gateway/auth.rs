@@ -58,7 +58,10 @@ pub fn new_credential() -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(format!("{CREDENTIAL_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
+    Ok(format!(
+        "{CREDENTIAL_PREFIX}{}",
+        URL_SAFE_NO_PAD.encode(bytes)
+    ))
 }
 
 /// The `Bearer` token of an `Authorization` header.
@@ -214,7 +217,11 @@ mod tests {
     #[test]
     fn a_malformed_token_secret_says_what_is_wrong() {
         let cases = [
-            (vec![("token", "short")], BOOTSTRAP_TOKEN_TYPE, "at least 16"),
+            (
+                vec![("token", "short")],
+                BOOTSTRAP_TOKEN_TYPE,
+                "at least 16",
+            ),
             (
                 vec![("token", "0123456789abcdef")],
                 "Opaque",

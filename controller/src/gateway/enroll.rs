@@ -104,13 +104,33 @@ pub async fn enroll(
     }
     let architecture: Architecture = serde_json::from_value(json!(request.architecture))
         .map_err(|e| EnrollError::Invalid(e.to_string()))?;
-    token
-        .admits(Timestamp::now(), gw.devices.enrolled_with(&token.secret_name))
-        .map_err(|r| EnrollError::Forbidden(r.to_string()))?;
-
     let namespace = token.device_namespace.clone();
     let api: Api<Device> = Api::namespaced(gw.client.clone(), &namespace);
-    let device = match api.get_opt(&request.name).await? {
+    let existing = api.get_opt(&request.name).await?;
+    let enrolled = existing
+        .as_ref()
+        .and_then(|d| d.status.as_ref())
+        .and_then(|s| s.enrollment.as_ref());
+    if let Some(d) = &existing
+        && enrolled.is_some()
+        && !d.spec.revoked
+    {
+        return Err(EnrollError::Conflict(format!(
+            "device {namespace}/{} is already enrolled; to enroll it again, revoke it \
+             (spec.revoked: true) or delete the Device",
+            request.name
+        )));
+    }
+    // A revoked device enrolling again was counted when it first enrolled.
+    if enrolled.is_none() {
+        token
+            .admits(
+                Timestamp::now(),
+                gw.devices.enrolled_with(&token.secret_name),
+            )
+            .map_err(|r| EnrollError::Forbidden(r.to_string()))?;
+    }
+    let device = match existing {
         Some(d) => d,
         None => {
             let mut d = Device::new(&request.name, DeviceSpec::default());
@@ -124,18 +144,6 @@ pub async fn enroll(
             }
         }
     };
-    let enrolled = device
-        .status
-        .as_ref()
-        .and_then(|s| s.enrollment.as_ref())
-        .is_some();
-    if enrolled && !device.spec.revoked {
-        return Err(EnrollError::Conflict(format!(
-            "device {namespace}/{} is already enrolled; to enroll it again, revoke it \
-             (spec.revoked: true) or delete the Device",
-            request.name
-        )));
-    }
     let credential = auth::new_credential()
         .map_err(|e| EnrollError::Unavailable(format!("no randomness: {e}")))?;
     let status = json!({

@@ -109,18 +109,19 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let gw = gw.clone();
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake"),
-                    Err(_) => return debug!(%peer, "TLS handshake timed out"),
-                };
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake"),
+                Err(_) => return debug!(%peer, "TLS handshake timed out"),
+            };
             let service = hyper::service::service_fn(move |req| {
                 let gw = gw.clone();
                 async move { Ok::<_, Infallible>(handle(&gw, req).await) }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(TokioIo::new(tls), service)
                 .await
@@ -151,14 +152,18 @@ async fn handle(gw: &Gateway, req: Request<Incoming>) -> Reply {
         | (_, ["v1", "devices", _, _, "target" | "status"])
         | (_, ["v1", "devices", _, _, "files", _]) => (
             "other",
-            Err(Fail::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} not allowed on {path}"))),
+            Err(Fail::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} not allowed on {path}"),
+            )),
         ),
         _ => (
             "other",
             Err(Fail::new(StatusCode::NOT_FOUND, format!("no route {path}"))),
         ),
     };
-    let reply = result.unwrap_or_else(|Fail(code, error)| json_reply(code, &json!({ "error": error })));
+    let reply =
+        result.unwrap_or_else(|Fail(code, error)| json_reply(code, &json!({ "error": error })));
     gw.metrics.request(route, reply.status().as_u16());
     reply
 }
@@ -169,8 +174,12 @@ async fn body_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
         .await
         .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?
         .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, format!("the body is not valid: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Fail::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not valid: {e}"),
+        )
+    })
 }
 
 fn authorization(req: &Request<Incoming>) -> Option<&str> {
@@ -203,9 +212,17 @@ async fn enroll_route(gw: &Gateway, req: Request<Incoming>) -> Result<Reply, Fai
 }
 
 /// The device a request's credential belongs to, if it may act as `ns/name`.
-fn authenticate(gw: &Gateway, req: &Request<Incoming>, ns: &str, name: &str) -> Result<(Key, Arc<Entry>), Fail> {
+fn authenticate(
+    gw: &Gateway,
+    req: &Request<Incoming>,
+    ns: &str,
+    name: &str,
+) -> Result<(Key, Arc<Entry>), Fail> {
     let credential = authorization(req).ok_or_else(|| {
-        Fail::new(StatusCode::UNAUTHORIZED, "Authorization: Bearer <credential> required")
+        Fail::new(
+            StatusCode::UNAUTHORIZED,
+            "Authorization: Bearer <credential> required",
+        )
     })?;
     let (key, entry) = gw
         .devices
@@ -244,13 +261,21 @@ fn current_target(gw: &Gateway, key: &Key, entry: &Entry) -> Option<Target> {
     target::target(&revision, arch.as_str(), &gw.config.registries)
 }
 
-async fn target_route(gw: &Gateway, ns: &str, name: &str, req: &Request<Incoming>) -> Result<Reply, Fail> {
+async fn target_route(
+    gw: &Gateway,
+    ns: &str,
+    name: &str,
+    req: &Request<Incoming>,
+) -> Result<Reply, Fail> {
     let (key, _) = authenticate(gw, req, ns, name)?;
     let known = query(req, "known").filter(|k| !k.is_empty());
     let wait = match query(req, "waitSeconds") {
         None => DEFAULT_WAIT_SECONDS,
         Some(w) => w.parse::<u64>().map_err(|_| {
-            Fail::new(StatusCode::BAD_REQUEST, format!("waitSeconds {w:?} is not a number"))
+            Fail::new(
+                StatusCode::BAD_REQUEST,
+                format!("waitSeconds {w:?} is not a number"),
+            )
         })?,
     }
     .min(MAX_WAIT_SECONDS);
@@ -262,10 +287,16 @@ async fn target_route(gw: &Gateway, ns: &str, name: &str, req: &Request<Incoming
         tokio::pin!(notified);
         notified.as_mut().enable();
         let Some(entry) = gw.devices.get(&key) else {
-            break Err(Fail::new(StatusCode::UNAUTHORIZED, "the device no longer exists"));
+            break Err(Fail::new(
+                StatusCode::UNAUTHORIZED,
+                "the device no longer exists",
+            ));
         };
         if entry.revoked {
-            break Err(Fail::new(StatusCode::FORBIDDEN, format!("device {ns}/{name} is revoked")));
+            break Err(Fail::new(
+                StatusCode::FORBIDDEN,
+                format!("device {ns}/{name} is revoked"),
+            ));
         }
         if let Some(t) = current_target(gw, &key, &entry)
             && known.as_deref() != Some(t.revision.as_str())
@@ -286,15 +317,29 @@ async fn status_route(gw: &Gateway, key: Key, req: Request<Incoming>) -> Result<
     let report: DeviceReport = body_json(req).await?;
     let problems = report.validate();
     if !problems.is_empty() {
-        return Err(Fail::new(StatusCode::UNPROCESSABLE_ENTITY, problems.join("; ")));
+        return Err(Fail::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            problems.join("; "),
+        ));
     }
     gw.writer.report(&key, &report);
     Ok(empty(StatusCode::ACCEPTED))
 }
 
-fn files_route(gw: &Gateway, ns: &str, name: &str, hex: &str, req: &Request<Incoming>) -> Result<Reply, Fail> {
+fn files_route(
+    gw: &Gateway,
+    ns: &str,
+    name: &str,
+    hex: &str,
+    req: &Request<Incoming>,
+) -> Result<Reply, Fail> {
     let (key, entry) = authenticate(gw, req, ns, name)?;
-    let not_found = || Fail::new(StatusCode::NOT_FOUND, format!("no file sha256:{hex} in the target of {ns}/{name}"));
+    let not_found = || {
+        Fail::new(
+            StatusCode::NOT_FOUND,
+            format!("no file sha256:{hex} in the target of {ns}/{name}"),
+        )
+    };
     let revision = entry
         .target
         .as_deref()
@@ -310,12 +355,18 @@ fn files_route(gw: &Gateway, ns: &str, name: &str, hex: &str, req: &Request<Inco
     let content = file.content.as_deref().ok_or_else(|| {
         Fail::new(
             StatusCode::NOT_FOUND,
-            format!("file {} comes from a Secret; the gateway does not serve those", file.path),
+            format!(
+                "file {} comes from a Secret; the gateway does not serve those",
+                file.path
+            ),
         )
     })?;
-    let bytes = BASE64
-        .decode(content)
-        .map_err(|e| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, format!("file {}: {e}", file.path)))?;
+    let bytes = BASE64.decode(content).map_err(|e| {
+        Fail::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("file {}: {e}", file.path),
+        )
+    })?;
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -330,8 +381,9 @@ mod tests {
 
     #[test]
     fn the_openapi_document_names_every_route_and_no_other() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway-openapi.yaml"))
-            .expect("gateway-openapi.yaml");
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway-openapi.yaml"))
+                .expect("gateway-openapi.yaml");
         let doc: serde_json::Value = serde_norway::from_str(&text).expect("valid YAML");
         let mut documented: Vec<(String, String)> = Vec::new();
         for (path, item) in doc["paths"].as_object().expect("paths") {
@@ -340,8 +392,10 @@ mod tests {
             }
         }
         documented.sort();
-        let mut served: Vec<(String, String)> =
-            ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
         served.sort();
         assert_eq!(documented, served);
     }

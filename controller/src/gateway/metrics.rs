@@ -68,13 +68,41 @@ impl crate::serve::Exposition for GatewayMetrics {
             );
         }
         for (name, help, kind, value) in [
-            ("edgevisor_gateway_enrollments_total", "Devices enrolled.", "counter", self.enrollments.load(Ordering::Relaxed) as i64),
-            ("edgevisor_gateway_status_writes_total", "Device status writes to the Kubernetes API.", "counter", self.status_writes.load(Ordering::Relaxed) as i64),
-            ("edgevisor_gateway_status_write_errors_total", "Failed device status writes (retried).", "counter", self.status_write_errors.load(Ordering::Relaxed) as i64),
-            ("edgevisor_gateway_waiting_polls", "Target long-polls waiting now.", "gauge", self.waiting.load(Ordering::Relaxed)),
-            ("edgevisor_gateway_devices", "Devices in the watch cache.", "gauge", self.devices.load(Ordering::Relaxed) as i64),
+            (
+                "edgevisor_gateway_enrollments_total",
+                "Devices enrolled.",
+                "counter",
+                self.enrollments.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "edgevisor_gateway_status_writes_total",
+                "Device status writes to the Kubernetes API.",
+                "counter",
+                self.status_writes.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "edgevisor_gateway_status_write_errors_total",
+                "Failed device status writes (retried).",
+                "counter",
+                self.status_write_errors.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "edgevisor_gateway_waiting_polls",
+                "Target long-polls waiting now.",
+                "gauge",
+                self.waiting.load(Ordering::Relaxed),
+            ),
+            (
+                "edgevisor_gateway_devices",
+                "Devices in the watch cache.",
+                "gauge",
+                self.devices.load(Ordering::Relaxed) as i64,
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         }
         out
     }

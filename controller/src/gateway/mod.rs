@@ -67,8 +67,8 @@ pub async fn run(
 
     use edgevisor_crds::Device;
     use futures::TryStreamExt;
-    use kube::{Api, ResourceExt};
     use kube::runtime::{WatchStreamExt, reflector, watcher};
+    use kube::{Api, ResourceExt};
 
     let metrics = Arc::new(GatewayMetrics::default());
     let health = Arc::new(crate::serve::Health {
@@ -90,7 +90,9 @@ pub async fn run(
             .default_backoff()
             .try_for_each(move |event| {
                 devices.apply(&event);
-                metrics.devices.store(devices.len() as u64, Ordering::Relaxed);
+                metrics
+                    .devices
+                    .store(devices.len() as u64, Ordering::Relaxed);
                 futures::future::ready(Ok(()))
             })
     };

@@ -130,11 +130,20 @@ pub fn alive(status: &mut DeviceStatus, target: Option<&str>, now: Timestamp) {
     status.conditions = merge_conditions(
         &status.conditions,
         vec![
-            (ONLINE, true, "Heartbeat", "the device is polling its gateway".into()),
+            (
+                ONLINE,
+                true,
+                "Heartbeat",
+                "the device is polling its gateway".into(),
+            ),
             (
                 READY,
                 ready,
-                if ready { "ContainersReady" } else { "ContainersNotReady" },
+                if ready {
+                    "ContainersReady"
+                } else {
+                    "ContainersNotReady"
+                },
                 if ready {
                     "every container reached its goal".into()
                 } else if status.containers.is_empty() {
@@ -146,7 +155,11 @@ pub fn alive(status: &mut DeviceStatus, target: Option<&str>, now: Timestamp) {
             (
                 UP_TO_DATE,
                 up_to_date,
-                if up_to_date { "RunsTarget" } else { "NotOnTarget" },
+                if up_to_date {
+                    "RunsTarget"
+                } else {
+                    "NotOnTarget"
+                },
                 match (target, status.current_revision.as_deref()) {
                     (None, _) => "no target revision".into(),
                     (Some(t), Some(c)) if t == c => format!("runs {t}"),
@@ -184,7 +197,15 @@ pub fn visible(status: &DeviceStatus) -> Visible<'_> {
         containers: status
             .containers
             .iter()
-            .map(|c| (c.name.as_str(), c.state.as_str(), c.ready, c.restarts, c.exit_code))
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.state.as_str(),
+                    c.ready,
+                    c.restarts,
+                    c.exit_code,
+                )
+            })
             .collect(),
     }
 }
@@ -224,13 +245,33 @@ mod tests {
 
     #[test]
     fn byte_counts_do_not_make_a_write_but_status_changes_do() {
-        let s0 = merge(&DeviceStatus::default(), &report(Status::Downloading, 10, 100), Some("web-2"), at(0));
-        let s1 = merge(&s0, &report(Status::Downloading, 12, 120), Some("web-2"), at(1));
+        let s0 = merge(
+            &DeviceStatus::default(),
+            &report(Status::Downloading, 10, 100),
+            Some("web-2"),
+            at(0),
+        );
+        let s1 = merge(
+            &s0,
+            &report(Status::Downloading, 12, 120),
+            Some("web-2"),
+            at(1),
+        );
         assert_eq!(visible(&s0), visible(&s1));
         assert_eq!(s1.update.as_ref().unwrap().downloaded_bytes, Some(120));
-        let s2 = merge(&s1, &report(Status::Downloading, 60, 600), Some("web-2"), at(2));
+        let s2 = merge(
+            &s1,
+            &report(Status::Downloading, 60, 600),
+            Some("web-2"),
+            at(2),
+        );
         assert_ne!(visible(&s1), visible(&s2));
-        let s3 = merge(&s2, &report(Status::Testing, 90, 1000), Some("web-2"), at(3));
+        let s3 = merge(
+            &s2,
+            &report(Status::Testing, 90, 1000),
+            Some("web-2"),
+            at(3),
+        );
         assert_ne!(visible(&s2), visible(&s3));
         // The start time is the first report's.
         assert_eq!(s3.update.as_ref().unwrap().started_at, Some(Time(at(0))));
@@ -240,7 +281,12 @@ mod tests {
     fn an_ended_update_goes_into_history_once_and_conditions_follow() {
         let mut done = report(Status::Done, 100, 1000);
         done.current_revision = Some("web-2".into());
-        let s0 = merge(&DeviceStatus::default(), &report(Status::Testing, 90, 1000), Some("web-2"), at(0));
+        let s0 = merge(
+            &DeviceStatus::default(),
+            &report(Status::Testing, 90, 1000),
+            Some("web-2"),
+            at(0),
+        );
         assert!(s0.history.is_empty());
         let s1 = merge(&s0, &done, Some("web-2"), at(5));
         let s2 = merge(&s1, &done, Some("web-2"), at(9));
@@ -248,7 +294,10 @@ mod tests {
         assert_eq!(s2.history[0].status, UpdateStatus::Done);
         assert_eq!(s2.update.as_ref().unwrap().finished_at, Some(Time(at(5))));
         let cond = |s: &DeviceStatus, t: &str| {
-            s.conditions.iter().find(|c| c.type_ == t).map(|c| c.status.clone())
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .map(|c| c.status.clone())
         };
         assert_eq!(cond(&s0, UP_TO_DATE).as_deref(), Some("False"));
         assert_eq!(cond(&s2, UP_TO_DATE).as_deref(), Some("True"));

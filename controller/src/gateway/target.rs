@@ -41,7 +41,9 @@ impl RegistryMap {
             .split_once('=')
             .ok_or_else(|| format!("{s:?}: expected HOST[:PORT]=URL"))?;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!("{s:?}: the URL must start with http:// or https://"));
+            return Err(format!(
+                "{s:?}: the URL must start with http:// or https://"
+            ));
         }
         Ok((host.to_string(), url.to_string()))
     }
@@ -49,7 +51,11 @@ impl RegistryMap {
 
 /// The target of a device of `architecture` that should run `revision`: `None` when the
 /// revision has no state for that architecture (the controller counts it unsupported).
-pub fn target(revision: &FleetRevision, architecture: &str, registries: &RegistryMap) -> Option<Target> {
+pub fn target(
+    revision: &FleetRevision,
+    architecture: &str,
+    registries: &RegistryMap,
+) -> Option<Target> {
     let name = revision.metadata.name.clone()?;
     let arch = revision
         .spec
@@ -64,7 +70,10 @@ pub fn target(revision: &FleetRevision, architecture: &str, registries: &Registr
         };
         let registry = registries.url_for(&reference.registry);
         let config = (image.config_digest.clone(), None);
-        let layers = image.layers.iter().map(|l| (l.digest.clone(), Some(l.size)));
+        let layers = image
+            .layers
+            .iter()
+            .map(|l| (l.digest.clone(), Some(l.size)));
         for (digest, size) in std::iter::once(config).chain(layers) {
             if !seen.insert(digest.clone()) {
                 continue;
@@ -80,7 +89,10 @@ pub fn target(revision: &FleetRevision, architecture: &str, registries: &Registr
     // The config's size is in the state, not in the FleetRevision's image list.
     if let Ok(state) = device_runtime::state::State::parse(arch.state.as_bytes()) {
         for c in &state.containers {
-            for b in blobs.iter_mut().filter(|b| b.digest == c.image.config.digest) {
+            for b in blobs
+                .iter_mut()
+                .filter(|b| b.digest == c.image.config.digest)
+            {
                 b.size = c.image.config.size;
             }
         }

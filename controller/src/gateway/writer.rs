@@ -47,7 +47,10 @@ pub struct Writer {
     wake: Notify,
 }
 
-fn seconds_since(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>, now: Timestamp) -> Option<i64> {
+fn seconds_since(
+    t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    now: Timestamp,
+) -> Option<i64> {
     t.map(|t| now.as_second() - t.0.as_second())
 }
 
@@ -107,7 +110,13 @@ impl Writer {
                 Some((at, _)) => (*at + self.coalesce).max(now),
                 None => now,
             };
-            st.pending.insert(key.clone(), Pending { status: merged, due });
+            st.pending.insert(
+                key.clone(),
+                Pending {
+                    status: merged,
+                    due,
+                },
+            );
             drop(st);
             self.wake.notify_one();
         }
@@ -120,7 +129,8 @@ impl Writer {
         let wall = Timestamp::now();
         let mut st = self.state();
         let liveness = self.liveness;
-        st.seen.retain(|_, at| now.duration_since(*at) < liveness * 2);
+        st.seen
+            .retain(|_, at| now.duration_since(*at) < liveness * 2);
         st.written
             .retain(|_, (at, _)| now.duration_since(*at) < liveness * 2);
         let due: Vec<Key> = st
@@ -136,8 +146,7 @@ impl Writer {
                     .get(*k)
                     .and_then(|(_, w)| w.last_seen.clone())
                     .max(entry.status.last_seen.clone());
-                seconds_since(last.as_ref(), wall)
-                    .is_none_or(|s| s >= liveness.as_secs() as i64)
+                seconds_since(last.as_ref(), wall).is_none_or(|s| s >= liveness.as_secs() as i64)
             })
             .cloned()
             .collect();
@@ -153,7 +162,8 @@ impl Writer {
 
     /// Writes due statuses until the process ends.
     pub async fn run(self: Arc<Self>) {
-        let sweep_every = (self.liveness / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let sweep_every =
+            (self.liveness / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
         let mut next_sweep = Instant::now() + sweep_every;
         loop {
             let now = Instant::now();

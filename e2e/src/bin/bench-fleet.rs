@@ -83,7 +83,13 @@ impl Agent {
             if let Some(k) = &known {
                 url.push_str(&format!("&known={k}"));
             }
-            let response = match self.http.get(url).bearer_auth(&self.credential).send().await {
+            let response = match self
+                .http
+                .get(url)
+                .bearer_auth(&self.credential)
+                .send()
+                .await
+            {
                 Ok(r) => r,
                 Err(_) => {
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -110,36 +116,54 @@ impl Agent {
 
     async fn simulate(&self, target: &Target, current: Option<&str>) -> anyhow::Result<()> {
         let total: u64 = target.blobs.iter().map(|b| b.size).sum();
-        let step = |status, progress, downloaded, current: Option<&str>, running: bool| DeviceReport {
-            current_revision: current.map(str::to_string),
-            update: Some(UpdateReport {
-                revision: target.revision.clone(),
-                status,
-                progress,
-                message: Some(format!("{status:?}").to_lowercase()),
-                reason: None,
-                downloaded_bytes: downloaded,
-                total_bytes: total,
-            }),
-            containers: vec![ContainerReport {
-                name: "app".into(),
-                state: if running { "running" } else { "stopped" }.into(),
-                ready: running,
-                restarts: 0,
-                exit_code: None,
-                message: None,
-            }],
-        };
+        let step =
+            |status, progress, downloaded, current: Option<&str>, running: bool| DeviceReport {
+                current_revision: current.map(str::to_string),
+                update: Some(UpdateReport {
+                    revision: target.revision.clone(),
+                    status,
+                    progress,
+                    message: Some(format!("{status:?}").to_lowercase()),
+                    reason: None,
+                    downloaded_bytes: downloaded,
+                    total_bytes: total,
+                }),
+                containers: vec![ContainerReport {
+                    name: "app".into(),
+                    state: if running { "running" } else { "stopped" }.into(),
+                    ready: running,
+                    restarts: 0,
+                    exit_code: None,
+                    message: None,
+                }],
+            };
         let pause = || tokio::time::sleep(Duration::from_millis(150));
-        self.report(&step(Status::Downloading, 0, 0, current, true)).await?;
+        self.report(&step(Status::Downloading, 0, 0, current, true))
+            .await?;
         pause().await;
-        self.report(&step(Status::Downloading, 50, total / 2, current, true)).await?;
+        self.report(&step(Status::Downloading, 50, total / 2, current, true))
+            .await?;
         pause().await;
-        self.report(&step(Status::Inprogress, 80, total, current, false)).await?;
+        self.report(&step(Status::Inprogress, 80, total, current, false))
+            .await?;
         pause().await;
-        self.report(&step(Status::Testing, 90, total, Some(&target.revision), true)).await?;
+        self.report(&step(
+            Status::Testing,
+            90,
+            total,
+            Some(&target.revision),
+            true,
+        ))
+        .await?;
         pause().await;
-        self.report(&step(Status::Done, 100, total, Some(&target.revision), true)).await
+        self.report(&step(
+            Status::Done,
+            100,
+            total,
+            Some(&target.revision),
+            true,
+        ))
+        .await
     }
 }
 
@@ -161,14 +185,18 @@ async fn main() -> anyhow::Result<()> {
     let ns = env.namespace("fleetbench");
     let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
 
-    let dir = env.repo.join(format!("target/e2e-env/bench-fleet-{}", std::process::id()));
+    let dir = env
+        .repo
+        .join(format!("target/e2e-env/bench-fleet-{}", std::process::id()));
     let tls = edgevisor_e2e::tls::make_server_cert(&dir, &[])?;
     let mut token = BootstrapToken::new(&ns)?;
     token.labels.insert("role".into(), "fleetbench".into());
+    token.secret = "e2e-token-bench".into();
     gateway::apply_bootstrap_token(&client, &token).await?;
     let listen = format!("127.0.0.1:{}", free_port()?).parse()?;
     let mut options = gateway::Options::new("bench", listen, &tls);
     options.namespace = Some(ns.clone());
+    options.bootstrap_token_secrets = vec![token.secret.clone()];
     let mut gw = Gateway::start(env, &options)?;
     gw.wait_listening(Duration::from_secs(60))?;
     wait_ready(&gw.metrics, Duration::from_secs(60), || gw.log_tail()).await?;
@@ -198,7 +226,12 @@ async fn main() -> anyhow::Result<()> {
                     .send()
                     .await?;
                 if !r.status().is_success() {
-                    bail!("enrolling {}: {} {}", request.name, r.status(), r.text().await?);
+                    bail!(
+                        "enrolling {}: {} {}",
+                        request.name,
+                        r.status(),
+                        r.text().await?
+                    );
                 }
                 let e: EnrollResponse = r.json().await?;
                 Ok(Agent {
@@ -213,7 +246,9 @@ async fn main() -> anyhow::Result<()> {
         .buffer_unordered(32)
         .collect()
         .await;
-    let agents = enrolled.into_iter().collect::<anyhow::Result<Vec<Agent>>>()?;
+    let agents = enrolled
+        .into_iter()
+        .collect::<anyhow::Result<Vec<Agent>>>()?;
     eprintln!("bench: enrolled in {:.1}s", started.elapsed().as_secs_f64());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -243,7 +278,11 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
         if Instant::now() > deadline {
-            bail!("only {online} of {} devices came online:\n{}", args.devices, gw.log_tail());
+            bail!(
+                "only {online} of {} devices came online:\n{}",
+                args.devices,
+                gw.log_tail()
+            );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -263,7 +302,10 @@ async fn main() -> anyhow::Result<()> {
             args: &[],
         },
     )?;
-    wait_ready(&controller.metrics, Duration::from_secs(120), || controller.log_tail()).await?;
+    wait_ready(&controller.metrics, Duration::from_secs(120), || {
+        controller.log_tail()
+    })
+    .await?;
     let targeted: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
     let done: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
     let watch = {
@@ -305,10 +347,19 @@ async fn main() -> anyhow::Result<()> {
     });
     let started = Instant::now();
     fleets
-        .patch("bench", &PatchParams::apply("bench-user"), &Patch::Apply(fleet))
+        .patch(
+            "bench",
+            &PatchParams::apply("bench-user"),
+            &Patch::Apply(fleet),
+        )
         .await?;
     let revision = loop {
-        if let Some(r) = fleets.get("bench").await?.status.and_then(|s| s.update_revision) {
+        if let Some(r) = fleets
+            .get("bench")
+            .await?
+            .status
+            .and_then(|s| s.update_revision)
+        {
             break r;
         }
         if started.elapsed() > Duration::from_secs(120) {
@@ -355,7 +406,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let gateway_rss = rss_bytes(gw.pid())?;
 
-    eprintln!("bench: idle for {} s with every agent polling", args.idle_seconds);
+    eprintln!(
+        "bench: idle for {} s with every agent polling",
+        args.idle_seconds
+    );
     let idle_before = apiserver_writes(env).await?;
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
     let idle_writes = apiserver_writes(env).await? - idle_before;
