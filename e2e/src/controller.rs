@@ -29,8 +29,7 @@ pub fn binary(env: &Env) -> &'static Path {
 
 /// Installs the chart (once) and returns a kubeconfig of its controller ServiceAccount.
 pub fn controller_kubeconfig(env: &Env) -> &'static Path {
-    RELEASE_KUBECONFIG
-        .get_or_init(|| crate::release::sa_kubeconfig(env, "edgevisor-controller"))
+    RELEASE_KUBECONFIG.get_or_init(|| crate::release::sa_kubeconfig(env, "edgevisor-controller"))
 }
 
 /// A running controller; killed when dropped.

@@ -64,7 +64,11 @@ pub fn require_tools() -> anyhow::Result<()> {
     if !rustix::process::geteuid().is_root() {
         bail!("real devices need root (network namespaces, runc)");
     }
-    for (tool, arg) in [("runc", "--version"), ("nsenter", "--version"), ("ip", "-V")] {
+    for (tool, arg) in [
+        ("runc", "--version"),
+        ("nsenter", "--version"),
+        ("ip", "-V"),
+    ] {
         let ok = Command::new(tool)
             .arg(arg)
             .output()
@@ -179,12 +183,13 @@ impl RealDevice {
         std::fs::write(&token, &options.bootstrap_token)?;
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))?;
 
-        let log = open_log(&options.dir.join("runtime.log"))?;
+        let log = open_log(&options.dir.join("runtime.log"))?; // RealDevice::runtime_log
         let runtime = in_netns(&options.netns, &runtime_bin)
             .arg("--storage")
             .arg(options.dir.join("storage"))
             .args(["--stop-grace-seconds", "1", "--log", "info"])
             .args(&options.runtime_args)
+            .env("RUST_BACKTRACE", "0")
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -226,7 +231,7 @@ impl RealDevice {
             bail!("{}: the agent runs already", self.options.name);
         }
         let o = &self.options;
-        let log = open_log(&o.dir.join("agent.log"))?;
+        let log = open_log(&self.agent_log())?;
         let mut command = in_netns(&o.netns, &self.agent_bin);
         command
             .args(["--gateway", &o.gateway])
@@ -244,8 +249,8 @@ impl RealDevice {
         }
         let agent = command
             .args(&o.agent_args)
-            .env("RUST_LOG", "info")
             .env("EDGEVISOR_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -300,8 +305,7 @@ impl RealDevice {
     /// The credential the agent stored, once it enrolled.
     pub fn credential(&self) -> anyhow::Result<Credential> {
         let path = self.state_dir().join("credential.json");
-        let text =
-            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
@@ -340,14 +344,24 @@ impl RealDevice {
         matches!(self.runtime.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
 
+    /// The runtime's log file.
+    pub fn runtime_log(&self) -> PathBuf {
+        self.options.dir.join("runtime.log")
+    }
+
+    /// The agent's log file.
+    pub fn agent_log(&self) -> PathBuf {
+        self.options.dir.join("agent.log")
+    }
+
     /// The last lines of the runtime's log.
     pub fn runtime_log_tail(&self, lines: usize) -> String {
-        log_tail(&self.options.dir.join("runtime.log"), lines)
+        log_tail(&self.runtime_log(), lines)
     }
 
     /// The last lines of the agent's log.
     pub fn agent_log_tail(&self, lines: usize) -> String {
-        log_tail(&self.options.dir.join("agent.log"), lines)
+        log_tail(&self.agent_log(), lines)
     }
 
     /// Both logs' last lines, for failure messages.

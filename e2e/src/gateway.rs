@@ -141,6 +141,8 @@ impl Gateway {
             .args(&options.args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
+            // The panic message says where; whole backtraces would push it out of log tails.
+            .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -266,7 +268,11 @@ impl BootstrapToken {
         put("token", self.token.clone());
         put("device-namespace", self.device_namespace.clone());
         if !self.labels.is_empty() {
-            let labels: Vec<String> = self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let labels: Vec<String> = self
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             put("labels", labels.join(","));
         }
         if let Some(expiration) = &self.expiration {

@@ -112,32 +112,40 @@ pub struct AppImage {
     pub config_size: u64,
 }
 
+/// What [`push_app_image`] pushes.
+#[derive(Clone, Debug)]
+pub struct AppImageSpec<'a> {
+    pub repo: &'a str,
+    pub tag: &'a str,
+    pub architecture: &'a str,
+    /// The content of `/app/run.sh`.
+    pub script: &'a str,
+    /// Seed and size of `/app/payload`.
+    pub seed: u64,
+    pub payload: usize,
+}
+
 /// Pushes `<registry>/<repo>:<tag>` for `architecture`: the shared busybox layer and an
 /// [`app_layer`] of `script` and `payload` bytes from `seed`; `Cmd` is `/bin/sh /app/run.sh`.
 /// Two calls that differ only in `seed` (or `script`) give images that share the busybox layer
 /// and differ in the application layer (and the config).
-#[allow(clippy::too_many_arguments)]
 pub async fn push_app_image(
     registry: &Registry,
-    host: &str,
-    repo: &str,
-    tag: &str,
-    architecture: &str,
-    script: &str,
-    seed: u64,
-    payload: usize,
+    spec: &AppImageSpec<'_>,
 ) -> anyhow::Result<AppImage> {
     let base = shared_busybox_layer()?.to_vec();
-    let app = app_layer(script, seed, payload)?;
+    let app = app_layer(spec.script, spec.seed, spec.payload)?;
     let image = Image {
         layers: vec![base, app],
-        architecture: architecture.to_string(),
+        architecture: spec.architecture.to_string(),
         variant: None,
         cmd: vec!["/bin/sh".into(), "/app/run.sh".into()],
     };
-    let pushed = registry.push_image(repo, Some(tag), &image).await?;
+    let pushed = registry
+        .push_image(spec.repo, Some(spec.tag), &image)
+        .await?;
     Ok(AppImage {
-        reference: format!("{host}/{repo}:{tag}"),
+        reference: format!("{}/{}:{}", registry.host(), spec.repo, spec.tag),
         app_layer_digest: pushed.layer_digests[1].clone(),
         app_layer_size: pushed.layer_sizes[1] as u64,
         base_layer_digest: pushed.layer_digests[0].clone(),
@@ -171,6 +179,7 @@ pub struct Pushed {
 
 /// A client of the test registry (plain HTTP on loopback).
 pub struct Registry {
+    host: String,
     base: String,
     http: reqwest::Client,
     /// `user:password` for registries that require it (Basic).
@@ -183,10 +192,16 @@ impl Registry {
         // unified across the workspace): use ring, as kube does.
         let _ = rustls::crypto::ring::default_provider().install_default();
         Registry {
+            host: host.to_string(),
             base: format!("http://{host}/v2"),
             http: reqwest::Client::new(),
             auth: None,
         }
+    }
+
+    /// `host:port` of the registry, as image references name it.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// The same client, sending these credentials.

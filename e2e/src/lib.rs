@@ -15,9 +15,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{Context, bail};
 
 pub mod controller;
+pub mod devices;
+pub mod gateway;
 pub mod gateway_role;
 pub mod images;
 pub mod kstatus;
+pub mod measure;
+pub mod netns;
+pub mod process;
+pub mod release;
+pub mod tls;
 
 /// The running test environment.
 pub struct Env {

@@ -46,7 +46,11 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// Waits until `http://{metrics}/readyz` answers 200.
-pub async fn wait_ready(metrics: &str, timeout: Duration, log: impl Fn() -> String) -> anyhow::Result<()> {
+pub async fn wait_ready(
+    metrics: &str,
+    timeout: Duration,
+    log: impl Fn() -> String,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while !reqwest::get(format!("http://{metrics}/readyz"))
         .await

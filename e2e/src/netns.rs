@@ -17,7 +17,8 @@
 //! the root namespace, which is what [`TcpForward`] is for.
 //!
 //! `k` and the prefix keep users apart; taken so far: 21 (`device_story`), 31 and 32
-//! (`tests/netns.rs`), 50 (the demo). Creating a `Lan` deletes the leftovers of an earlier one
+//! (`tests/netns.rs`); 50 and up are left for the demo. Creating a `Lan` deletes the leftovers
+//! of an earlier one
 //! with the same prefix (a test killed before its `Drop`), and refuses a subnet another
 //! interface already uses.
 //!
@@ -401,8 +402,8 @@ fn accept_loop(listener: TcpListener, target: SocketAddr, shared: Arc<Shared>) {
         match listener.accept() {
             Ok((client, peer)) => {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
-                let full = shared.open.lock().unwrap_or_else(|e| e.into_inner()).len()
-                    >= MAX_CONNECTIONS;
+                let full =
+                    shared.open.lock().unwrap_or_else(|e| e.into_inner()).len() >= MAX_CONNECTIONS;
                 if full {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;

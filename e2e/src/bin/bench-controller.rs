@@ -106,7 +106,10 @@ async fn main() -> anyhow::Result<()> {
         },
     )?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    wait_ready(&controller.metrics, Duration::from_secs(120), || controller.log_tail()).await?;
+    wait_ready(&controller.metrics, Duration::from_secs(120), || {
+        controller.log_tail()
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let writes_before = apiserver_writes(env).await?;
