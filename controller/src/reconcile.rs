@@ -610,11 +610,12 @@ async fn announce(
             fleet,
             EventType::Normal,
             "StepReached",
-            format!(
-                "{update}: step {} of {}",
-                plan.memory.step + 1,
-                fleet.spec.strategy.steps.len()
-            ),
+            match fleet.spec.strategy.steps.len() {
+                n if plan.memory.step >= n => {
+                    format!("{update}: past the last step, every device may update")
+                }
+                n => format!("{update}: step {} of {n}", plan.memory.step + 1),
+            },
         )
         .await;
     }

@@ -48,8 +48,18 @@ pub fn device_view(device: &Device, target_override: Option<(&str, i64)>) -> Dev
         targeted_at,
         paused: device.spec.paused,
         pinned: device.spec.pinned_revision.clone(),
-        online: condition_true(conditions, ONLINE),
+        // A revoked device can fetch nothing: a rollout must not wait for it.
+        online: condition_true(conditions, ONLINE) && !device.spec.revoked,
         ready: condition_true(conditions, READY),
+        failed_revisions: status
+            .map(|s| {
+                s.history
+                    .iter()
+                    .filter(|h| h.status.is_failure())
+                    .map(|h| h.revision.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

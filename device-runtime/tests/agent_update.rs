@@ -214,11 +214,10 @@ async fn targets_are_downloaded_installed_run_and_reported() {
     let rep = reporter.current();
     let u = rep.update.clone().unwrap();
     assert_eq!((u.revision.as_str(), u.status), ("r2", Status::Error));
-    assert!(u.reason.unwrap().contains("exited with code 3"));
-    assert!(
-        u.message.unwrap().contains("about to fail"),
-        "logs follow the message"
-    );
+    assert_eq!(u.reason.as_deref(), Some("ContainerExited"));
+    let message = u.message.unwrap();
+    assert!(message.contains("exited with code 3"), "{message}");
+    assert!(message.contains("about to fail"), "logs follow the message");
     assert_eq!(rep.current_revision.as_deref(), Some("r1"));
     assert_eq!(server.hits.lock().unwrap().len(), hits);
 
@@ -258,7 +257,8 @@ async fn targets_are_downloaded_installed_run_and_reported() {
     assert!(matches!(run(r4).await, Outcome::RetryLater(_)));
     let u = reporter.current().update.unwrap();
     assert_eq!((u.revision.as_str(), u.status), ("r4", Status::Wontgo));
-    assert!(u.reason.unwrap().contains("not found"));
+    assert_eq!(u.reason.as_deref(), Some("DownloadFailed"));
+    assert!(u.message.unwrap().contains("not found"));
 
     // Cancelled before `run`: nothing is installed.
     let gate = Arc::new(Gate::default());

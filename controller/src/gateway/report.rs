@@ -178,21 +178,28 @@ pub fn alive(status: &mut DeviceStatus, target: Option<&str>, now: Timestamp) {
 #[derive(Debug, PartialEq)]
 pub struct Visible<'a> {
     current: Option<&'a str>,
-    update: Option<(&'a str, UpdateStatus, i32, Option<&'a str>, Option<&'a str>)>,
+    update: Option<VisibleUpdate<'a>>,
     containers: Vec<(&'a str, &'a str, bool, i32, Option<i32>)>,
+}
+
+#[derive(Debug, PartialEq)]
+struct VisibleUpdate<'a> {
+    revision: &'a str,
+    status: UpdateStatus,
+    progress_step: i32,
+    message: Option<&'a str>,
+    reason: Option<&'a str>,
 }
 
 pub fn visible(status: &DeviceStatus) -> Visible<'_> {
     Visible {
         current: status.current_revision.as_deref(),
-        update: status.update.as_ref().map(|u| {
-            (
-                u.revision.as_str(),
-                u.status,
-                u.progress / PROGRESS_STEP,
-                u.message.as_deref(),
-                u.reason.as_deref(),
-            )
+        update: status.update.as_ref().map(|u| VisibleUpdate {
+            revision: u.revision.as_str(),
+            status: u.status,
+            progress_step: u.progress / PROGRESS_STEP,
+            message: u.message.as_deref(),
+            reason: u.reason.as_deref(),
         }),
         containers: status
             .containers

@@ -86,6 +86,9 @@ pub struct DeviceView {
     pub online: bool,
     /// Every container at its goal.
     pub ready: bool,
+    /// Revisions whose update ended in failure on it, from its history: a device sent back
+    /// after failing still counts as failed for that revision.
+    pub failed_revisions: Vec<String>,
 }
 
 /// Where the rollout stands.
@@ -158,6 +161,7 @@ impl DeviceView {
         self.update
             .as_ref()
             .is_some_and(|u| u.revision == revision && u.status.is_failure())
+            || self.failed_revisions.iter().any(|r| r == revision)
     }
 
     fn in_flight(&self) -> bool {

@@ -22,6 +22,7 @@ fn device(name: &str) -> DeviceView {
         pinned: None,
         online: true,
         ready: true,
+        failed_revisions: vec![],
     }
 }
 
@@ -506,4 +507,15 @@ fn a_fleet_without_devices_passes_no_step() {
     world.devices = fleet_of(6);
     let plan = world.step();
     assert_eq!(plan.retarget.len(), 2, "the first step still comes first");
+}
+
+#[test]
+fn a_canary_sent_back_after_failing_still_counts_as_failed() {
+    let mut world = World::new(fleet_of(5), strategy(1, vec![]));
+    // Sent back to the stable revision by the abort, it runs that again now.
+    world.devices[0].target = Some(OLD.into());
+    world.devices[0].failed_revisions = vec![NEW.into()];
+    let plan = world.plan();
+    assert_eq!(plan.counts.failed, 1);
+    assert_eq!(plan.phase, Phase::Aborted);
 }

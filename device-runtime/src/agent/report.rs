@@ -172,6 +172,35 @@ pub fn download_percent(done: u64, total: u64) -> u8 {
     (p as u8).clamp(lo, hi - 1)
 }
 
+/// A failure in one CamelCase word, as Kubernetes reasons are (`ContainerExited`,
+/// `GoalTimeout`, …), from the sentence the runtime or the download gave; the sentence itself
+/// goes into the message.
+pub fn reason_code(status: Status, why: &str) -> &'static str {
+    let w = why.to_ascii_lowercase();
+    let has = |s: &str| w.contains(s);
+    if has("could not start") {
+        "ContainerFailedToStart"
+    } else if has("exited") {
+        "ContainerExited"
+    } else if has("did not become") || has("left its goal") || has("timed out") {
+        "GoalTimeout"
+    } else if has("restart") || has("interrupted") {
+        "Interrupted"
+    } else if has("space") {
+        "NoSpace"
+    } else if has("download") || has("registry") || has("upload") {
+        "DownloadFailed"
+    } else if has("missing") {
+        "MissingObjects"
+    } else if has("invalid") || has("digest") || has("does not match") {
+        "InvalidState"
+    } else if status == Status::Wontgo {
+        "Refused"
+    } else {
+        "UpdateFailed"
+    }
+}
+
 /// The runtime's progress of `rev` → an update report; `bytes` are what the agent
 /// downloaded for it (downloaded, total). On failure the last log lines follow the
 /// message, since they usually say why.
@@ -189,7 +218,10 @@ pub fn update_from_progress(rev: &str, p: &Progress, bytes: (u64, u64)) -> Updat
         status: p.status,
         progress: p.progress.min(100),
         message: (!message.is_empty()).then(|| clean_text(&message, MAX_MESSAGE)),
-        reason: p.reason.as_deref().map(|r| clean_text(r, MAX_MESSAGE)),
+        reason: p
+            .reason
+            .as_deref()
+            .map(|r| reason_code(p.status, r).to_string()),
         downloaded_bytes: bytes.0,
         total_bytes: bytes.1,
     }
@@ -293,6 +325,46 @@ pub async fn run_reporter(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn failures_get_a_one_word_reason() {
+        for (status, why, code) in [
+            (
+                Status::Error,
+                "container app exited with code 3",
+                "ContainerExited",
+            ),
+            (
+                Status::Error,
+                "container app could not start: no such file",
+                "ContainerFailedToStart",
+            ),
+            (
+                Status::Error,
+                "container web did not become healthy within 60s",
+                "GoalTimeout",
+            ),
+            (
+                Status::Error,
+                "interrupted by a runtime restart",
+                "Interrupted",
+            ),
+            (
+                Status::Wontgo,
+                "download of sha256:ab: 404",
+                "DownloadFailed",
+            ),
+            (
+                Status::Wontgo,
+                "objects missing: sha256:ab",
+                "MissingObjects",
+            ),
+            (Status::Wontgo, "something new", "Refused"),
+            (Status::Error, "something new", "UpdateFailed"),
+        ] {
+            assert_eq!(reason_code(status, why), code, "{why}");
+        }
+    }
 
     fn upd(status: Status, progress: u8) -> UpdateReport {
         UpdateReport {
@@ -420,10 +492,7 @@ mod tests {
         p.progress = 100;
         let u = update_from_progress("web-2", &p, (7, 9));
         assert_eq!(u.status, Status::Error);
-        assert_eq!(
-            u.reason.as_deref(),
-            Some("container app exited with code 3")
-        );
+        assert_eq!(u.reason.as_deref(), Some("ContainerExited"));
         let m = u.message.unwrap();
         assert!(
             m.starts_with("container app exited with code 3\n| line 3\n"),

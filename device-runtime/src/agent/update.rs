@@ -325,8 +325,8 @@ fn failed_report(rev: &str, status: Status, reason: String, bytes: (u64, u64)) -
         revision: rev.to_owned(),
         status,
         progress: 100,
-        message: Some(reason.clone()),
-        reason: Some(reason),
+        reason: Some(super::report::reason_code(status, &reason).to_string()),
+        message: Some(reason),
         downloaded_bytes: bytes.0,
         total_bytes: bytes.1,
     }
