@@ -48,9 +48,9 @@ pub fn device_view(device: &Device, target_override: Option<(&str, i64)>) -> Dev
         targeted_at,
         paused: device.spec.paused,
         pinned: device.spec.pinned_revision.clone(),
-        // A revoked device can fetch nothing: a rollout must not wait for it.
-        online: condition_true(conditions, ONLINE) && !device.spec.revoked,
+        online: condition_true(conditions, ONLINE),
         ready: condition_true(conditions, READY),
+        revoked: device.spec.revoked,
         failed_revisions: status
             .map(|s| {
                 s.history

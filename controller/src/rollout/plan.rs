@@ -89,6 +89,8 @@ pub struct DeviceView {
     /// Revisions whose update ended in failure on it, from its history: a device sent back
     /// after failing still counts as failed for that revision.
     pub failed_revisions: Vec<String>,
+    /// `spec.revoked`: it can fetch nothing, so no rollout moves it or waits for it.
+    pub revoked: bool,
 }
 
 /// Where the rollout stands.
@@ -153,7 +155,7 @@ impl DeviceView {
     }
 
     fn targetable(&self, fleet: &FleetView<'_>) -> bool {
-        self.supported(fleet) && self.pinned.is_none() && !self.paused
+        self.supported(fleet) && self.pinned.is_none() && !self.paused && !self.revoked
     }
 
     /// Its update towards `revision` ended in failure.

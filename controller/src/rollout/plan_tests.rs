@@ -23,6 +23,7 @@ fn device(name: &str) -> DeviceView {
         online: true,
         ready: true,
         failed_revisions: vec![],
+        revoked: false,
     }
 }
 
@@ -518,4 +519,21 @@ fn a_canary_sent_back_after_failing_still_counts_as_failed() {
     let plan = world.plan();
     assert_eq!(plan.counts.failed, 1);
     assert_eq!(plan.phase, Phase::Aborted);
+}
+
+#[test]
+fn a_revoked_device_is_neither_moved_nor_waited_for() {
+    let mut world = World::new(fleet_of(3), strategy(3, vec![]));
+    world.devices[2].revoked = true;
+    let plan = world.step();
+    assert!(
+        !plan
+            .retarget
+            .iter()
+            .any(|(d, _)| *d == world.devices[2].name)
+    );
+    for d in world.devices.iter_mut().take(2) {
+        d.current = Some(NEW.into());
+    }
+    assert_eq!(world.plan().phase, Phase::Complete);
 }
