@@ -460,7 +460,7 @@ fn chart_installs_with_least_privilege_and_uninstall_keeps_crds_and_objects() {
 }
 
 #[test]
-fn the_controller_deployment_passes_flags_the_binary_knows() {
+fn both_deployments_pass_flags_the_binary_knows() {
     let env = Env::get();
     let rendered = env
         .helm([
@@ -471,35 +471,45 @@ fn the_controller_deployment_passes_flags_the_binary_knows() {
             "controller.registrySecrets={regcred}",
             "--set",
             "controller.insecureRegistries={10.0.0.5:5000}",
+            "--set",
+            "gateway.bootstrapTokenSecrets={token-a,token-b}",
+            "--set-json",
+            r#"gateway.deviceRegistries={"registry.internal:5000":"https://registry.example.com"}"#,
         ])
         .run()
         .expect_ok("helm template");
-    let deployment = rendered
-        .split("\n---")
-        .filter_map(|doc| serde_norway::from_str::<serde_json::Value>(doc).ok())
-        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "ev-edgevisor-controller")
-        .expect("the controller Deployment");
-    let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .filter_map(|a| a.as_str().map(String::from))
-        .collect();
-    assert!(
-        args.contains(&"--registry-secret=regcred".to_string()),
-        "{args:?}"
-    );
-    // clap refuses an unknown flag before it reaches --help.
     let binary = edgevisor_e2e::controller::binary(env);
-    let run = env
-        .command_in_repo(
-            &binary.to_string_lossy(),
-            args.iter().map(String::as_str).chain(["--help"]),
-        )
-        .run();
-    assert!(
-        run.ok(),
-        "the binary refuses the chart's args {args:?}: {}",
-        run.stderr
-    );
+    for (name, expected) in [
+        ("ev-edgevisor-controller", "--registry-secret=regcred"),
+        ("ev-edgevisor-gateway", "--bootstrap-token-secret=token-b"),
+        (
+            "ev-edgevisor-gateway",
+            "--device-registry=registry.internal:5000=https://registry.example.com",
+        ),
+    ] {
+        let deployment = rendered
+            .split("\n---")
+            .filter_map(|doc| serde_norway::from_str::<serde_json::Value>(doc).ok())
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("the Deployment {name}"));
+        let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect();
+        assert!(args.contains(&expected.to_string()), "{name}: {args:?}");
+        // clap refuses an unknown flag before it reaches --help.
+        let run = env
+            .command_in_repo(
+                &binary.to_string_lossy(),
+                args.iter().map(String::as_str).chain(["--help"]),
+            )
+            .run();
+        assert!(
+            run.ok(),
+            "the binary refuses {name}'s args {args:?}: {}",
+            run.stderr
+        );
+    }
 }
