@@ -35,12 +35,7 @@ pub fn check_objects(d: &Daemon, state: &State) -> Result<(), InstallError> {
     if !missing.is_empty() {
         return Err(InstallError::Missing(missing));
     }
-    let descs = state
-        .containers
-        .iter()
-        .flat_map(|c| std::iter::once(&c.image.config).chain(&c.image.layers))
-        .map(|d| (d.digest.as_str(), d.size))
-        .chain(state.files.iter().map(|f| (f.digest.as_str(), f.size)));
+    let descs = state.descriptors();
     for (digest, size) in descs {
         if let Some(h) = parse_digest(digest) {
             let have = d.store.object_size(h).unwrap_or(0);

@@ -236,6 +236,16 @@ impl State {
         }
     }
 
+    /// Every object the state needs, as (`sha256:<hex>`, size): image configs, layers, files.
+    /// Shared objects appear once per use.
+    pub fn descriptors(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.containers
+            .iter()
+            .flat_map(|c| std::iter::once(&c.image.config).chain(&c.image.layers))
+            .map(|d| (d.digest.as_str(), d.size))
+            .chain(self.files.iter().map(|f| (f.digest.as_str(), f.size)))
+    }
+
     pub fn goal_timeout_secs(&self) -> u64 {
         self.goal_timeout_seconds
             .unwrap_or(DEFAULT_GOAL_TIMEOUT_SECS)
@@ -396,39 +406,17 @@ impl State {
 
     /// Every object the state needs, as hex digests, deduplicated.
     pub fn objects(&self) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for c in &self.containers {
-            for d in std::iter::once(&c.image.config).chain(&c.image.layers) {
-                if let Some(h) = parse_digest(&d.digest) {
-                    out.insert(h.to_string());
-                }
-            }
-        }
-        for f in &self.files {
-            if let Some(h) = parse_digest(&f.digest) {
-                out.insert(h.to_string());
-            }
-        }
-        out
+        self.descriptors()
+            .filter_map(|(digest, _)| parse_digest(digest).map(str::to_string))
+            .collect()
     }
 
     /// Total bytes of the objects, for the free-space check.
     pub fn total_size(&self) -> u64 {
         let mut seen = BTreeSet::new();
-        let mut total = 0u64;
-        for c in &self.containers {
-            for d in std::iter::once(&c.image.config).chain(&c.image.layers) {
-                if seen.insert(d.digest.as_str()) {
-                    total = total.saturating_add(d.size);
-                }
-            }
-        }
-        for f in &self.files {
-            if seen.insert(f.digest.as_str()) {
-                total = total.saturating_add(f.size);
-            }
-        }
-        total
+        self.descriptors()
+            .filter(|(digest, _)| seen.insert(*digest))
+            .fold(0u64, |total, (_, size)| total.saturating_add(size))
     }
 
     /// The JSON Schema of the document, as committed in `schema/`.

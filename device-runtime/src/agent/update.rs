@@ -131,12 +131,7 @@ pub fn missing_objects(body: &Value) -> Option<Vec<String>> {
 /// Sizes of every object of a state, by hex digest.
 pub fn object_sizes(state: &State) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    let descs = state
-        .containers
-        .iter()
-        .flat_map(|c| std::iter::once(&c.image.config).chain(&c.image.layers))
-        .map(|d| (d.digest.as_str(), d.size))
-        .chain(state.files.iter().map(|f| (f.digest.as_str(), f.size)));
+    let descs = state.descriptors();
     for (digest, size) in descs {
         if let Some(h) = parse_digest(digest) {
             out.insert(h.to_owned(), size);
