@@ -1,13 +1,13 @@
 //! Running the real controller binary as a local process, authenticated as the chart's
 //! controller ServiceAccount (a TokenRequest token), scoped to one test namespace.
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::Env;
-use crate::process::{cargo_binary, free_port, log_tail, open_log};
+use crate::process::{Managed, cargo_binary, free_port, open_log};
 pub use crate::release::RELEASE_NAMESPACE;
 
 static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -34,9 +34,8 @@ pub fn controller_kubeconfig(env: &Env) -> &'static Path {
 
 /// A running controller; killed when dropped.
 pub struct Controller {
-    child: Child,
+    process: Managed,
     pub metrics: String,
-    pub log: PathBuf,
 }
 
 /// Options of one controller process.
@@ -86,48 +85,21 @@ impl Controller {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         Ok(Controller {
-            child,
+            process: Managed::new(child, log, 30),
             metrics: format!("127.0.0.1:{port}"),
-            log,
         })
-    }
-
-    /// SIGKILL: no cleanup, no lease release, as a crash or a node loss.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM and wait: a graceful stop.
-    pub fn stop(&mut self) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill -TERM failed");
-        }
-        self.child.wait()?;
-        Ok(())
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether the process still runs.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// The last lines of its log, for failure messages.
-    pub fn log_tail(&self) -> String {
-        log_tail(&self.log, 30)
     }
 }
 
-impl Drop for Controller {
-    fn drop(&mut self) {
-        self.kill();
+impl std::ops::Deref for Controller {
+    type Target = Managed;
+    fn deref(&self) -> &Managed {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Controller {
+    fn deref_mut(&mut self) -> &mut Managed {
+        &mut self.process
     }
 }

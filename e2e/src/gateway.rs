@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 
 use crate::Env;
-use crate::process::{free_port, log_tail, open_log};
+use crate::process::{Managed, free_port, open_log};
 use crate::release::RELEASE_NAMESPACE;
 use crate::tls::TlsFiles;
 
@@ -86,15 +86,13 @@ impl Options {
 
 /// A running gateway; killed when dropped.
 pub struct Gateway {
-    child: Child,
+    process: Managed,
     /// `https://<listen>`: the URL devices are given.
     pub url: String,
     /// Where it listens.
     pub listen: SocketAddr,
     /// `host:port` of its metrics server.
     pub metrics: String,
-    /// Its log file.
-    pub log: PathBuf,
 }
 
 impl Gateway {
@@ -149,11 +147,10 @@ impl Gateway {
             .spawn()
             .with_context(|| format!("starting {} gateway", binary.display()))?;
         let mut gateway = Gateway {
-            child,
+            process: Managed::new(child, log, 40),
             url: format!("https://{}", options.listen),
             listen: options.listen,
             metrics,
-            log,
         };
         gateway.wait_listening(Duration::from_secs(60))?;
         Ok(gateway)
@@ -166,7 +163,7 @@ impl Gateway {
             if TcpStream::connect_timeout(&self.listen, Duration::from_millis(500)).is_ok() {
                 return Ok(());
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.exited() {
                 bail!(
                     "the gateway exited ({status}) before listening on {}:\n{}",
                     self.listen,
@@ -183,44 +180,18 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
 
-    /// SIGKILL, as a crash.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM and wait: a graceful stop.
-    pub fn stop(&mut self) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill -TERM failed");
-        }
-        self.child.wait()?;
-        Ok(())
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether the process still runs.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// The last lines of its log, for failure messages.
-    pub fn log_tail(&self) -> String {
-        log_tail(&self.log, 40)
+impl std::ops::Deref for Gateway {
+    type Target = Managed;
+    fn deref(&self) -> &Managed {
+        &self.process
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.kill();
+impl std::ops::DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut Managed {
+        &mut self.process
     }
 }
 

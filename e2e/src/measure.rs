@@ -63,3 +63,74 @@ pub async fn wait_ready(
     }
     Ok(())
 }
+
+/// What the benchmarks roll out: a tiny amd64 image pushed to the test registry, and the
+/// controller (as the chart's ServiceAccount) started on `namespace` and ready.
+pub async fn bench_controller(
+    env: &Env,
+    namespace: &str,
+    identity: &str,
+) -> anyhow::Result<(crate::controller::Controller, String)> {
+    let registry = crate::images::Registry::new(&env.registry);
+    let repo = format!("bench/{namespace}/app");
+    registry
+        .push_index(
+            &repo,
+            "v1",
+            &[crate::images::tiny_image("amd64", None, identity)?],
+        )
+        .await?;
+    let controller = crate::controller::Controller::start(
+        env,
+        &crate::controller::Options {
+            namespace,
+            identity,
+            lease_seconds: 15,
+            args: &[],
+        },
+    )?;
+    wait_ready(&controller.metrics, Duration::from_secs(120), || {
+        controller.log_tail()
+    })
+    .await?;
+    Ok((controller, format!("{}/{repo}:v1", env.registry)))
+}
+
+/// Applies the benchmark Fleet `bench` (every device labelled `role=<role>`, all at once) and
+/// returns its update revision once the controller has rendered it.
+pub async fn apply_bench_fleet(
+    fleets: &kube::Api<edgevisor_crds::Fleet>,
+    role: &str,
+    image: &str,
+    log: impl Fn() -> String,
+) -> anyhow::Result<String> {
+    use kube::api::{Patch, PatchParams};
+    let fleet = serde_json::json!({
+        "apiVersion": "edgevisor.dev/v1alpha1", "kind": "Fleet", "metadata": {"name": "bench"},
+        "spec": {"selector": {"matchLabels": {"role": role}},
+                 "template": {"containers": [{"name": "app", "image": image}]},
+                 "strategy": {"maxUnavailable": "100%", "failureThreshold": "100%"}}
+    });
+    let started = Instant::now();
+    fleets
+        .patch(
+            "bench",
+            &PatchParams::apply("bench-user"),
+            &Patch::Apply(fleet),
+        )
+        .await?;
+    loop {
+        if let Some(r) = fleets
+            .get("bench")
+            .await?
+            .status
+            .and_then(|s| s.update_revision)
+        {
+            return Ok(r);
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("no update revision:\n{}", log());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -68,3 +68,62 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// A child process with its log file, killed when dropped. The controller and the gateway
+/// harnesses hold one and dereference to it.
+pub struct Managed {
+    child: std::process::Child,
+    /// Its log file.
+    pub log: std::path::PathBuf,
+    tail: usize,
+}
+
+impl Managed {
+    pub fn new(child: std::process::Child, log: std::path::PathBuf, tail: usize) -> Managed {
+        Managed { child, log, tail }
+    }
+
+    /// SIGKILL: no cleanup, as a crash or a node loss.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            anyhow::bail!("kill -TERM failed");
+        }
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The last lines of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log, self.tail)
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -8,10 +8,8 @@ use anyhow::bail;
 use clap::Parser;
 use edgevisor_crds::Device;
 use edgevisor_e2e::Env;
-use edgevisor_e2e::controller::{Controller, Options};
 use edgevisor_e2e::gateway_role::report_online;
-use edgevisor_e2e::images::{Registry, tiny_image};
-use edgevisor_e2e::measure::{apiserver_writes, rss_bytes, wait_ready};
+use edgevisor_e2e::measure::{apiserver_writes, apply_bench_fleet, bench_controller, rss_bytes};
 use futures::StreamExt;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
@@ -91,57 +89,13 @@ async fn main() -> anyhow::Result<()> {
     let raw = started.elapsed().as_secs_f64();
 
     // The controller, as the chart's ServiceAccount.
-    let registry = Registry::new(&env.registry);
-    let repo = format!("bench/{ns}/app");
-    registry
-        .push_index(&repo, "v1", &[tiny_image("amd64", None, "bench")?])
-        .await?;
-    let controller = Controller::start(
-        env,
-        &Options {
-            namespace: &ns,
-            identity: "bench",
-            lease_seconds: 15,
-            args: &[],
-        },
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    wait_ready(&controller.metrics, Duration::from_secs(120), || {
-        controller.log_tail()
-    })
-    .await?;
+    let (controller, image) = bench_controller(env, &ns, "bench").await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let writes_before = apiserver_writes(env).await?;
     let fleets: Api<edgevisor_crds::Fleet> = Api::namespaced(client.clone(), &ns);
-    let fleet = json!({
-        "apiVersion": "edgevisor.dev/v1alpha1", "kind": "Fleet", "metadata": {"name": "bench"},
-        "spec": {"selector": {"matchLabels": {"role": "bench"}},
-                 "template": {"containers": [{"name": "app", "image": format!("{}/{repo}:v1", env.registry)}]},
-                 "strategy": {"maxUnavailable": "100%", "failureThreshold": "100%"}}
-    });
     let started = Instant::now();
-    fleets
-        .patch(
-            "bench",
-            &PatchParams::apply("bench-user"),
-            &Patch::Apply(fleet),
-        )
-        .await?;
-    let revision = loop {
-        if let Some(r) = fleets
-            .get("bench")
-            .await?
-            .status
-            .and_then(|s| s.update_revision)
-        {
-            break r;
-        }
-        if Instant::now() > deadline + Duration::from_secs(60) {
-            bail!("no update revision:\n{}", controller.log_tail());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let revision = apply_bench_fleet(&fleets, "bench", &image, || controller.log_tail()).await?;
     // Watch the controller's own count of target writes (cheap), not 10,000 Devices (a list
     // would load the apiserver the baseline did not have to share); then check them once.
     let writes_metric = |text: &str| {

@@ -15,16 +15,14 @@ use device_runtime::gateway_api::{
 use device_runtime::lifecycle::Status;
 use edgevisor_crds::{Device, Fleet, UpdateStatus};
 use edgevisor_e2e::Env;
-use edgevisor_e2e::controller::{Controller, Options};
 use edgevisor_e2e::gateway::{self, BootstrapToken, Gateway};
-use edgevisor_e2e::images::{Registry, tiny_image};
-use edgevisor_e2e::measure::{apiserver_writes, rss_bytes, wait_ready};
+use edgevisor_e2e::measure::{
+    apiserver_writes, apply_bench_fleet, bench_controller, rss_bytes, wait_ready,
+};
 use edgevisor_e2e::process::free_port;
 use futures::{StreamExt, TryStreamExt};
-use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use serde_json::json;
 
 /// Measure a rollout to many devices through the gateway, and the idle cost of a fleet.
 #[derive(Parser)]
@@ -288,24 +286,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // The controller, and a watch that notes when each device's target changes.
-    let registry = Registry::new(&env.registry);
-    let repo = format!("bench/{ns}/app");
-    registry
-        .push_index(&repo, "v1", &[tiny_image("amd64", None, "fleet")?])
-        .await?;
-    let controller = Controller::start(
-        env,
-        &Options {
-            namespace: &ns,
-            identity: "fleetbench",
-            lease_seconds: 15,
-            args: &[],
-        },
-    )?;
-    wait_ready(&controller.metrics, Duration::from_secs(120), || {
-        controller.log_tail()
-    })
-    .await?;
+    let (controller, image) = bench_controller(env, &ns, "fleetbench").await?;
     let targeted: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
     let done: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
     let watch = {
@@ -339,34 +320,9 @@ async fn main() -> anyhow::Result<()> {
 
     let fleets: Api<Fleet> = Api::namespaced(client.clone(), &ns);
     let writes_before = apiserver_writes(env).await?;
-    let fleet = json!({
-        "apiVersion": "edgevisor.dev/v1alpha1", "kind": "Fleet", "metadata": {"name": "bench"},
-        "spec": {"selector": {"matchLabels": {"role": "fleetbench"}},
-                 "template": {"containers": [{"name": "app", "image": format!("{}/{repo}:v1", env.registry)}]},
-                 "strategy": {"maxUnavailable": "100%", "failureThreshold": "100%"}}
-    });
     let started = Instant::now();
-    fleets
-        .patch(
-            "bench",
-            &PatchParams::apply("bench-user"),
-            &Patch::Apply(fleet),
-        )
-        .await?;
-    let revision = loop {
-        if let Some(r) = fleets
-            .get("bench")
-            .await?
-            .status
-            .and_then(|s| s.update_revision)
-        {
-            break r;
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            bail!("no update revision:\n{}", controller.log_tail());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let revision =
+        apply_bench_fleet(&fleets, "fleetbench", &image, || controller.log_tail()).await?;
     let suffix = format!("/{revision}");
     loop {
         let n = done
