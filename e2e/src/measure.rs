@@ -8,29 +8,43 @@ use crate::Env;
 
 /// Write requests the apiserver has served, from its own /metrics.
 pub async fn apiserver_writes(env: &Env) -> anyhow::Result<f64> {
+    Ok(apiserver_writes_by_resource(env).await?.values().sum())
+}
+
+/// Write requests the apiserver has served by `resource[/subresource]`, from its /metrics.
+pub async fn apiserver_writes_by_resource(
+    env: &Env,
+) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
     let text = env
         .kubectl(["get", "--raw", "/metrics"])
         .run()
         .expect_ok("apiserver metrics");
-    let mut total = 0.0;
+    let label = |line: &str, name: &str| {
+        line.split(&format!("{name}=\"")[..])
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut out = std::collections::BTreeMap::new();
     for line in text
         .lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))
     {
-        let write = [
-            "verb=\"POST\"",
-            "verb=\"PUT\"",
-            "verb=\"PATCH\"",
-            "verb=\"APPLY\"",
-            "verb=\"DELETE\"",
-        ]
-        .iter()
-        .any(|v| line.contains(v));
-        if write && let Some(value) = line.rsplit(' ').next() {
-            total += value.parse::<f64>().unwrap_or(0.0);
+        let verb = label(line, "verb");
+        if !["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&verb.as_str()) {
+            continue;
+        }
+        let mut resource = label(line, "resource");
+        let sub = label(line, "subresource");
+        if !sub.is_empty() {
+            resource = format!("{resource}/{sub}");
+        }
+        if let Some(value) = line.rsplit(' ').next() {
+            *out.entry(resource).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
         }
     }
-    Ok(total)
+    Ok(out)
 }
 
 /// A process's resident set, in bytes.

@@ -17,7 +17,8 @@ use edgevisor_crds::{Device, Fleet, UpdateStatus};
 use edgevisor_e2e::Env;
 use edgevisor_e2e::gateway::{self, BootstrapToken, Gateway};
 use edgevisor_e2e::measure::{
-    apiserver_writes, apply_bench_fleet, bench_controller, rss_bytes, wait_ready,
+    apiserver_writes, apiserver_writes_by_resource, apply_bench_fleet, bench_controller, rss_bytes,
+    wait_ready,
 };
 use edgevisor_e2e::process::free_port;
 use futures::{StreamExt, TryStreamExt};
@@ -37,6 +38,9 @@ struct Args {
     /// Seconds a long-poll waits.
     #[arg(long, default_value_t = 30)]
     wait_seconds: u64,
+    /// The gateway's liveness interval (its default is 300 s).
+    #[arg(long)]
+    liveness_interval_seconds: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -195,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
     let mut options = gateway::Options::new("bench", listen, &tls);
     options.namespace = Some(ns.clone());
     options.bootstrap_token_secrets = vec![token.secret.clone()];
+    options.liveness_interval_seconds = args.liveness_interval_seconds;
     let mut gw = Gateway::start(env, &options)?;
     gw.wait_listening(Duration::from_secs(60))?;
     wait_ready(&gw.metrics, Duration::from_secs(60), || gw.log_tail()).await?;
@@ -366,9 +371,17 @@ async fn main() -> anyhow::Result<()> {
         "bench: idle for {} s with every agent polling",
         args.idle_seconds
     );
-    let idle_before = apiserver_writes(env).await?;
+    let idle_before = apiserver_writes_by_resource(env).await?;
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-    let idle_writes = apiserver_writes(env).await? - idle_before;
+    let idle_after = apiserver_writes_by_resource(env).await?;
+    let mut idle_writes = 0.0;
+    for (resource, after) in &idle_after {
+        let delta = after - idle_before.get(resource).copied().unwrap_or(0.0);
+        if delta > 0.0 {
+            eprintln!("bench: idle writes to {resource}: {delta}");
+        }
+        idle_writes += delta;
+    }
 
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
