@@ -10,7 +10,7 @@ CARGO ?= cargo
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-demo: ## Bring up the local environment, install the chart, apply examples/, show the fleet
+demo: ## Bring up the local environment, install the chart, roll a Fleet out to five real devices
 	e2e/demo
 
 test: ## Everything: fmt, clippy, unit, chart and integration tests

@@ -154,6 +154,8 @@ pub struct RealDevice {
     agent_bin: PathBuf,
     runtime: Option<Child>,
     agent: Option<Child>,
+    /// Keep the directory on drop (see [`RealDevice::keep_dir`]).
+    keep: bool,
 }
 
 // === impl RealDevice ===
@@ -201,6 +203,7 @@ impl RealDevice {
             agent_bin,
             runtime: Some(runtime),
             agent: None,
+            keep: false,
         };
         let started = Instant::now();
         while !device.socket().exists() {
@@ -334,6 +337,12 @@ impl RealDevice {
         }
     }
 
+    /// Keeps the device's directory (logs, store) when it is dropped, as after a panic: for a
+    /// caller that fails with an error rather than a panic.
+    pub fn keep_dir(&mut self) {
+        self.keep = true;
+    }
+
     /// Whether the agent runs.
     pub fn agent_running(&mut self) -> bool {
         matches!(self.agent.as_mut().map(Child::try_wait), Some(Ok(None)))
@@ -399,7 +408,7 @@ impl RealDevice {
 impl Drop for RealDevice {
     fn drop(&mut self) {
         self.shutdown();
-        if std::thread::panicking() {
+        if self.keep || std::thread::panicking() {
             eprintln!(
                 "device {}: kept {} for inspection",
                 self.options.name,

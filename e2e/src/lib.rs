@@ -24,6 +24,7 @@ pub mod measure;
 pub mod netns;
 pub mod process;
 pub mod release;
+pub mod story;
 pub mod tls;
 
 /// The running test environment.
@@ -52,6 +53,19 @@ impl Env {
         });
         env.ensure_crds();
         env
+    }
+
+    /// The environment, with the CRDs installed, or an error that says how to start it (for
+    /// programs, which report rather than panic).
+    pub fn try_get() -> anyhow::Result<&'static Env> {
+        if ENV.get().is_none() {
+            let env = Self::load().context("the e2e environment is not up; run `e2e/env up`")?;
+            // Another thread may have won the race; either value is the same environment.
+            let _ = ENV.set(env);
+        }
+        let env = ENV.get().context("the e2e environment")?;
+        env.ensure_crds();
+        Ok(env)
     }
 
     fn load() -> anyhow::Result<Env> {
@@ -298,6 +312,20 @@ impl Run {
             self.stderr
         );
         self.stdout
+    }
+
+    /// Its standard output if it exited 0, else an error with everything it printed.
+    pub fn checked(self, what: &str) -> anyhow::Result<String> {
+        if !self.ok() {
+            bail!(
+                "{what}: {} exited {:?}\nstdout:\n{}\nstderr:\n{}",
+                self.command,
+                self.code,
+                self.stdout,
+                self.stderr
+            );
+        }
+        Ok(self.stdout)
     }
 
     /// Panics unless it failed; returns its standard error.
