@@ -636,6 +636,7 @@ struct World {
     devices: Vec<RealDevice>,
     _live_view: Option<LiveView>,
     gateway: Gateway,
+    gateway_options: gateway::Options,
     controller: Controller,
     forward: TcpForward,
     lan: Lan,
@@ -825,6 +826,7 @@ impl World {
             devices: Vec::new(),
             _live_view: live_view,
             gateway,
+            gateway_options,
             controller,
             forward,
             lan,
@@ -954,6 +956,7 @@ impl World {
             v4: self.revision(&t4, "v4")?,
         };
         let v1_downloaded = self.roll_out_v1(&t1, &revisions.v1).await?;
+        self.restart_gateway().await?;
         let canary = self.canary_v2(&t2, &revisions).await?;
         let (canary_failure, abort_message, abort_event) =
             self.broken_v3(&t3, &revisions, &canary).await?;
@@ -1146,6 +1149,42 @@ impl World {
             first.name()
         );
         Ok(downloaded)
+    }
+
+    /// Between steps: the gateway dies (SIGKILL) and comes back. It keeps no state, so the
+    /// agents only have to reconnect, with the credentials they stored.
+    async fn restart_gateway(&mut self) -> anyhow::Result<()> {
+        self.n
+            .step("killing the gateway (SIGKILL) and starting it again");
+        self.n.say("it keeps no state: the agents retry with backoff and long-poll again with their stored credentials");
+        self.gateway.kill();
+        self.gateway =
+            Gateway::start(self.env, &self.gateway_options).context("restarting the gateway")?;
+        if let Some(pid_file) = &self.options.pid_file {
+            std::fs::write(
+                pid_file,
+                format!("{}\n{}\n", self.controller.pid(), self.gateway.pid()),
+            )
+            .with_context(|| format!("writing {}", pid_file.display()))?;
+        }
+        let phase = Phase::new(format!("all {DEVICES} agents long-poll the new gateway"));
+        let metrics = format!("http://{}/metrics", self.gateway.metrics);
+        loop {
+            let waiting = match reqwest::get(&metrics).await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+            .lines()
+            .find_map(|l| l.strip_prefix("edgevisor_gateway_waiting_polls "))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+            if waiting >= DEVICES {
+                break;
+            }
+            phase.tick(self).await?;
+        }
+        phase.done(self);
+        Ok(())
     }
 
     /// Step 3: v2: one canary, a pause until resumed, then everyone. Returns the canary.
