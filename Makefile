@@ -36,10 +36,10 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 unit-test: ## Unit tests (no cluster needed)
-	$(CARGO) test --workspace --locked --exclude edgevisor-e2e
+	$(CARGO) test --workspace --locked --no-fail-fast --exclude edgevisor-e2e
 
 e2e-test: env-up ## Integration tests against the real apiserver, registry and runc
-	$(CARGO) test -p edgevisor-e2e --locked -- --test-threads=4
+	$(CARGO) test -p edgevisor-e2e --locked --no-fail-fast -- --test-threads=4
 
 crds: ## Regenerate the CRD YAML from the Rust types
 	$(CARGO) run -q -p edgevisor-crds --bin crdgen
