@@ -1533,11 +1533,6 @@ impl World {
             "after: {victim_name}'s credential gets 403 for its target and for its status report; {canary} is still served (200)"
         ));
         phase.done(self);
-        // A revoked device is retired from its fleet by its owner.
-        self.kubectl(
-            &["label", "device", &victim_name, "-n", &ns, "role-"],
-            "taking the revoked device out of the fleet",
-        )?;
         Ok((victim_name, refused))
     }
 
@@ -1575,7 +1570,8 @@ impl World {
                 all.values().filter(|d| d.name_any() != revoked).collect();
             let complete = self.fleet().await.is_some_and(|f| {
                 ready_reason(&f) == "RolloutComplete"
-                    && f.status.as_ref().is_some_and(|s| s.devices == 4)
+                    // The revoked device is still selected, but not waited for.
+                    && f.status.as_ref().is_some_and(|s| s.devices == DEVICES as i32)
             });
             if complete && remaining.iter().all(|d| done_on(d, v4)) {
                 break remaining.into_iter().cloned().collect::<Vec<Device>>();

@@ -215,7 +215,8 @@ fn tell(env: &Env, n: &Narrator, s: &Summary) {
         ),
         format!(
             "v1 ({v1}) went to all {DEVICES} at once; each device downloaded {v1_bytes} bytes: both \
-             images, busybox and the app.",
+             images, busybox and the app. Then the gateway was killed and started again: it \
+             keeps no state, and every agent was back on its long-poll within seconds.",
             v1 = r.v1,
         ),
         format!(
@@ -236,8 +237,8 @@ fn tell(env: &Env, n: &Narrator, s: &Summary) {
         ),
         format!(
             "{revoked} was revoked (spec.revoked: true): the gateway answers its credential with \
-             {code} Forbidden now, for its target and its status reports alike. Then it was taken \
-             out of the fleet (label role removed).",
+             {code} Forbidden now, for its target and its status reports alike. It stays in the \
+             fleet, but no rollout moves it or waits for it.",
             revoked = s.revoked,
             code = s.revoked_status,
         ),
