@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
     let labels: BTreeMap<String, String> = [("role".to_string(), "bench".to_string())].into();
 
-    eprintln!("bench: creating {} devices in {ns}", args.devices);
+    eprintln!("# creating {} devices in {ns}", args.devices);
     let started = Instant::now();
     let names: Vec<String> = (0..args.devices).map(|i| format!("dev-{i:05}")).collect();
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(names.iter().cloned())
@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         .collect()
         .await;
     results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-    eprintln!("bench: created in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!("# created in {:.1}s", started.elapsed().as_secs_f64());
 
     // The baseline: the same patch the controller makes, in a plain loop.
     let started = Instant::now();

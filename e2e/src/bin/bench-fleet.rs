@@ -205,7 +205,7 @@ async fn main() -> anyhow::Result<()> {
     wait_ready(&gw.metrics, Duration::from_secs(60), || gw.log_tail()).await?;
 
     // Enroll every agent, each with its own HTTPS connection.
-    eprintln!("bench: enrolling {} agents in {ns}", args.devices);
+    eprintln!("# enrolling {} agents in {ns}", args.devices);
     let started = Instant::now();
     let ca = reqwest::Certificate::from_pem(&tls.ca_pem()?)?;
     let enrolled: Vec<anyhow::Result<Agent>> = futures::stream::iter(0..args.devices)
@@ -252,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
     let agents = enrolled
         .into_iter()
         .collect::<anyhow::Result<Vec<Agent>>>()?;
-    eprintln!("bench: enrolled in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!("# enrolled in {:.1}s", started.elapsed().as_secs_f64());
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Seen = Default::default();
@@ -378,7 +378,7 @@ async fn main() -> anyhow::Result<()> {
     for (resource, after) in &idle_after {
         let delta = after - idle_before.get(resource).copied().unwrap_or(0.0);
         if delta > 0.0 {
-            eprintln!("bench: idle writes to {resource}: {delta}");
+            eprintln!("# idle writes to {resource}: {delta}");
         }
         idle_writes += delta;
     }
