@@ -28,7 +28,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -142,24 +141,7 @@ async fn serve(gw: Arc<Gw>, req: Request<Incoming>) -> Result<Response<Body>, In
 }
 
 async fn start(gw: Arc<Gw>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let gw = gw.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| serve(gw.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    port
-}
-
-fn hex_of(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
+    serve_loopback(gw, serve).await
 }
 
 struct Agent {

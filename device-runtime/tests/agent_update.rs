@@ -26,7 +26,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -61,24 +60,7 @@ async fn serve(s: Arc<Server>, req: Request<Incoming>) -> Result<Response<Body>,
 }
 
 async fn start(s: Arc<Server>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let s = s.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| serve(s.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    port
-}
-
-fn hex_of(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
+    serve_loopback(s, serve).await
 }
 
 fn target(rev: &str, state: Vec<u8>, blobs: Vec<BlobSource>) -> Target {

@@ -233,3 +233,42 @@ pub async fn running(c: &Client) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Serves `handler` over HTTP/1.1 on a free loopback port (the port is returned) until the
+/// test ends: the stand-in gateways and registries of the agent tests.
+#[allow(dead_code)]
+pub async fn serve_loopback<S, F, B>(
+    state: std::sync::Arc<S>,
+    handler: fn(std::sync::Arc<S>, hyper::Request<hyper::body::Incoming>) -> F,
+) -> u16
+where
+    S: Send + Sync + 'static,
+    F: std::future::Future<Output = Result<hyper::Response<B>, std::convert::Infallible>>
+        + Send
+        + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| handler(state.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// The sha256 of `bytes`, hex.
+#[allow(dead_code)]
+pub fn hex_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
