@@ -1,13 +1,11 @@
 //! Running the real controller binary as a local process, authenticated as the chart's
 //! controller ServiceAccount (a TokenRequest token), scoped to one test namespace.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
-use anyhow::Context;
-
 use crate::Env;
-use crate::process::{Managed, cargo_binary, free_port, open_log};
+use crate::process::{Managed, cargo_binary, free_port, spawn_logged};
 pub use crate::release::RELEASE_NAMESPACE;
 
 static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -59,8 +57,8 @@ impl Controller {
             "target/e2e-env/logs/controller-{}-{}.log",
             options.namespace, options.identity
         ));
-        let out = open_log(&log)?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["controller", "--namespace", options.namespace])
             .args([
                 "--lease-namespace",
@@ -78,12 +76,8 @@ impl Controller {
             .args(["--insecure-registry", &env.registry])
             .args(options.args)
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+            .env("RUST_LOG", "info,kube=warn");
+        let child = spawn_logged(&mut command, &log)?;
         Ok(Controller {
             process: Managed::new(child, log, 30),
             metrics: format!("127.0.0.1:{port}"),

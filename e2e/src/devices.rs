@@ -17,7 +17,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use crate::Env;
 use crate::netns::in_netns;
-use crate::process::{cargo_binary, log_tail, open_log};
+use crate::process::{cargo_binary, log_tail, spawn_logged};
 
 /// The `runtime` binary (built once), or `EDGEVISOR_RUNTIME_BIN`.
 pub fn runtime_binary(env: &Env) -> PathBuf {
@@ -185,19 +185,15 @@ impl RealDevice {
         std::fs::write(&token, &options.bootstrap_token)?;
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))?;
 
-        let log = open_log(&options.dir.join("runtime.log"))?; // RealDevice::runtime_log
-        let runtime = in_netns(&options.netns, &runtime_bin)
-            .arg("--storage")
-            .arg(options.dir.join("storage"))
-            .args(["--stop-grace-seconds", "1", "--log", "info"])
-            .args(&options.runtime_args)
-            .env("RUST_BACKTRACE", "0")
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", runtime_bin.display()))?;
+        let runtime = spawn_logged(
+            in_netns(&options.netns, &runtime_bin)
+                .arg("--storage")
+                .arg(options.dir.join("storage"))
+                .args(["--stop-grace-seconds", "1", "--log", "info"])
+                .args(&options.runtime_args)
+                .process_group(0),
+            &options.dir.join("runtime.log"), // RealDevice::runtime_log
+        )?;
         let mut device = RealDevice {
             options: options.clone(),
             agent_bin,
@@ -234,7 +230,6 @@ impl RealDevice {
             bail!("{}: the agent runs already", self.options.name);
         }
         let o = &self.options;
-        let log = open_log(&self.agent_log())?;
         let mut command = in_netns(&o.netns, &self.agent_bin);
         command
             .args(["--gateway", &o.gateway])
@@ -250,16 +245,13 @@ impl RealDevice {
         for (k, v) in &o.info {
             command.args(["--info", &format!("{k}={v}")]);
         }
-        let agent = command
-            .args(&o.agent_args)
-            .env("EDGEVISOR_LOG", "info")
-            .env("RUST_BACKTRACE", "0")
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.agent_bin.display()))?;
+        let agent = spawn_logged(
+            command
+                .args(&o.agent_args)
+                .env("EDGEVISOR_LOG", "info")
+                .process_group(0),
+            &self.agent_log(),
+        )?;
         self.agent = Some(agent);
         Ok(())
     }

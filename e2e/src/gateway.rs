@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 
 use crate::Env;
-use crate::process::{Managed, free_port, open_log};
+use crate::process::{Managed, free_port, spawn_logged};
 use crate::release::RELEASE_NAMESPACE;
 use crate::tls::TlsFiles;
 
@@ -105,7 +105,6 @@ impl Gateway {
         let log = env
             .repo
             .join(format!("target/e2e-env/logs/gateway-{}.log", options.name));
-        let out = open_log(&log)?;
         let mut command = Command::new(binary);
         command
             .arg("gateway")
@@ -135,17 +134,11 @@ impl Gateway {
         if let Some(ms) = options.status_coalesce_ms {
             command.args(["--status-coalesce-ms", &ms.to_string()]);
         }
-        let child = command
+        command
             .args(&options.args)
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
-            // The panic message says where; whole backtraces would push it out of log tails.
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {} gateway", binary.display()))?;
+            .env("RUST_LOG", "info,kube=warn");
+        let child = spawn_logged(&mut command, &log)?;
         let mut gateway = Gateway {
             process: Managed::new(child, log, 40),
             url: format!("https://{}", options.listen),

@@ -127,3 +127,20 @@ impl Drop for Managed {
         self.kill();
     }
 }
+
+/// Starts `command` with its output appended to `log` and no input; without backtraces, since
+/// the panic message says where and whole backtraces would push it out of log tails.
+pub fn spawn_logged(
+    command: &mut std::process::Command,
+    log: &Path,
+) -> anyhow::Result<std::process::Child> {
+    use anyhow::Context as _;
+    let out = open_log(log)?;
+    command
+        .env("RUST_BACKTRACE", "0")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {:?}", command.get_program()))
+}
