@@ -61,7 +61,8 @@ impl Device {
     pub fn start(&mut self) {
         self.spawn();
         let t = Instant::now();
-        while !self.socket().exists() {
+        // Until it accepts a connection, not only until its socket file appears.
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
             assert!(
                 t.elapsed() < Duration::from_secs(30),
                 "runtime did not come up:\n{}",
