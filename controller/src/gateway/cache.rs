@@ -38,14 +38,31 @@ impl Entry {
 struct Inner {
     devices: HashMap<Key, Arc<Entry>>,
     by_credential: HashMap<String, Key>,
+    /// Devices enrolled per bootstrap token Secret, for usage limits without a scan.
+    per_token: HashMap<String, usize>,
 }
 
 impl Inner {
+    fn count(&mut self, entry: Option<&Entry>, delta: isize) {
+        if let Some(token) = entry
+            .and_then(|e| e.status.enrollment.as_ref())
+            .map(|e| e.bootstrap_token.clone())
+        {
+            let n = self.per_token.entry(token.clone()).or_default();
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                self.per_token.remove(&token);
+            }
+        }
+    }
+
     fn insert(&mut self, key: Key, entry: Arc<Entry>) -> Option<Arc<Entry>> {
         if let Some(hash) = entry.credential_sha256() {
             self.by_credential.insert(hash.to_string(), key.clone());
         }
+        self.count(Some(&entry), 1);
         let old = self.devices.insert(key, entry.clone());
+        self.count(old.as_deref(), -1);
         if let Some(old_hash) = old.as_ref().and_then(|o| o.credential_sha256())
             && Some(old_hash) != entry.credential_sha256()
         {
@@ -56,6 +73,7 @@ impl Inner {
 
     fn remove(&mut self, key: &Key) -> Option<Arc<Entry>> {
         let old = self.devices.remove(key);
+        self.count(old.as_deref(), -1);
         if let Some(hash) = old.as_ref().and_then(|o| o.credential_sha256()) {
             self.by_credential.remove(hash);
         }
@@ -154,15 +172,10 @@ impl DeviceCache {
     /// How many Devices a bootstrap token has enrolled (for its usage limit).
     pub fn enrolled_with(&self, token_secret: &str) -> usize {
         self.read()
-            .devices
-            .values()
-            .filter(|e| {
-                e.status
-                    .enrollment
-                    .as_ref()
-                    .is_some_and(|en| en.bootstrap_token == token_secret)
-            })
-            .count()
+            .per_token
+            .get(token_secret)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {
@@ -269,7 +282,13 @@ mod tests {
         assert!(cache.by_credential("h1").is_none());
         assert!(cache.by_credential("h2").is_some());
         assert_eq!(cache.enrolled_with("tok"), 1);
+        cache.apply(&Event::Apply(device("b", Some("h3"), None)));
+        cache.apply(&Event::Apply(device("c", None, None)));
+        assert_eq!(cache.enrolled_with("tok"), 2);
+        cache.apply(&Event::Delete(device("b", Some("h3"), None)));
         cache.apply(&Event::Delete(device("a", Some("h2"), None)));
+        cache.apply(&Event::Delete(device("c", None, None)));
+        assert_eq!(cache.enrolled_with("tok"), 0);
         assert!(cache.by_credential("h2").is_none());
         assert!(cache.is_empty());
     }
