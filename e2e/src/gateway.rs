@@ -255,6 +255,9 @@ pub async fn apply_bootstrap_token(
     client: &kube::Client,
     token: &BootstrapToken,
 ) -> anyhow::Result<()> {
+    // The release namespace, and the RBAC that lets the gateway read this Secret, come with the
+    // chart.
+    crate::release::install_chart(Env::get());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &token.namespace);
     let secret = Secret {
         metadata: ObjectMeta {
