@@ -133,27 +133,23 @@ impl Writer {
             .retain(|_, at| now.duration_since(*at) < liveness * 2);
         st.written
             .retain(|_, (at, _)| now.duration_since(*at) < liveness * 2);
-        let due: Vec<Key> = st
+        let due: Vec<(Key, Arc<super::cache::Entry>)> = st
             .seen
             .keys()
             .filter(|k| !st.pending.contains_key(*k))
-            .filter(|k| {
-                let Some(entry) = self.cache.get(k) else {
-                    return false;
-                };
+            .filter_map(|k| {
+                let entry = self.cache.get(k)?;
                 let last = st
                     .written
-                    .get(*k)
+                    .get(k)
                     .and_then(|(_, w)| w.last_seen.clone())
                     .max(entry.status.last_seen.clone());
-                seconds_since(last.as_ref(), wall).is_none_or(|s| s >= liveness.as_secs() as i64)
+                seconds_since(last.as_ref(), wall)
+                    .is_none_or(|s| s >= liveness.as_secs() as i64)
+                    .then(|| (k.clone(), entry))
             })
-            .cloned()
             .collect();
-        for key in due {
-            let Some(entry) = self.cache.get(&key) else {
-                continue;
-            };
+        for (key, entry) in due {
             let mut status = report::owned(&entry.status);
             report::alive(&mut status, entry.target.as_deref(), wall);
             st.pending.insert(key, Pending { status, due: now });
