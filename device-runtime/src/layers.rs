@@ -102,16 +102,13 @@ pub fn unpack_layer<R: Read>(
         .fill_buf()
         .map_err(|e| LayerError::Format(e.to_string()))?;
     let stats = if magic.starts_with(&[0x1f, 0x8b]) {
-        let dec = flate2::read::MultiGzDecoder::new(&mut hashing);
-        unpack_tar(dec, root, opts)?
+        unpack_stream(flate2::read::MultiGzDecoder::new(&mut hashing), root, opts)?
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        let dec = ruzstd::decoding::StreamingDecoder::new(&mut hashing)
-            .map_err(|e| LayerError::Format(format!("zstd: {e}")))?;
-        unpack_tar(dec, root, opts)?
+        unpack_stream(zstd::Frames::new(&mut hashing), root, opts)?
     } else {
-        unpack_tar(&mut hashing, root, opts)?
+        unpack_stream(&mut hashing, root, opts)?
     };
-    // Trailing bytes (tar padding, gzip members) still count toward the digest.
+    // Whatever a decoder left unread (it should be nothing) still counts toward the digest.
     io::copy(&mut hashing, &mut io::sink()).map_err(|e| LayerError::Format(e.to_string()))?;
     let h = hashing.into_inner();
     if let Some(d) = expected {
@@ -130,6 +127,79 @@ pub fn unpack_layer<R: Read>(
         }
     }
     Ok(stats)
+}
+
+/// Unpacks a decoded tar stream and then reads it to its end, so every compressed
+/// frame or member is decoded (and checked) and the digest covers every byte. The
+/// archive must end with its end-of-archive marker and nothing but zeros may follow:
+/// a stream that stops early, or holds a second archive, would otherwise install a
+/// root filesystem that is not the layer's.
+fn unpack_stream<R: Read>(
+    decoded: R,
+    root: &Path,
+    opts: UnpackOptions,
+) -> Result<UnpackStats, LayerError> {
+    let mut tail = LastBlock::new(decoded);
+    let stats = unpack_tar(&mut tail, root, opts)?;
+    if !tail.ends_with_zero_block() {
+        return Err(LayerError::Format(
+            "the archive ends without its end-of-archive marker (truncated layer?)".into(),
+        ));
+    }
+    let mut rest = [0u8; 8192];
+    loop {
+        let n = tail
+            .inner
+            .read(&mut rest)
+            .map_err(|e| LayerError::Format(e.to_string()))?;
+        if n == 0 {
+            return Ok(stats);
+        }
+        if rest[..n].iter().any(|&b| b != 0) {
+            return Err(LayerError::Format(
+                "data follows the end of the archive (a second archive?)".into(),
+            ));
+        }
+    }
+}
+
+/// Remembers the last tar block read, to tell an archive that ended with its
+/// end-of-archive marker from a stream that merely stopped.
+struct LastBlock<R> {
+    inner: R,
+    last: [u8; 512],
+    filled: usize,
+}
+
+impl<R: Read> LastBlock<R> {
+    fn new(inner: R) -> LastBlock<R> {
+        LastBlock {
+            inner,
+            last: [0; 512],
+            filled: 0,
+        }
+    }
+
+    fn ends_with_zero_block(&self) -> bool {
+        // An empty stream is an empty layer, not a truncated one.
+        self.filled == 0 || (self.filled == self.last.len() && self.last.iter().all(|&b| b == 0))
+    }
+}
+
+impl<R: Read> Read for LastBlock<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let got = &buf[..n];
+        let len = self.last.len();
+        if got.len() >= len {
+            self.last.copy_from_slice(&got[got.len() - len..]);
+        } else {
+            self.last.copy_within(got.len().., 0);
+            self.last[len - got.len()..].copy_from_slice(got);
+        }
+        self.filled = (self.filled + n).min(len);
+        Ok(n)
+    }
 }
 
 fn unpack_tar<R: Read>(r: R, root: &Path, opts: UnpackOptions) -> Result<UnpackStats, LayerError> {
@@ -410,3 +480,4 @@ pub fn unpack_image(
 
 #[cfg(test)]
 mod tests;
+mod zstd;

@@ -214,3 +214,67 @@ fn a_layer_larger_than_the_budget_is_refused() {
     let s = unpack_layer(&t[..], d.path(), None, opts).unwrap();
     assert_eq!(s.bytes, 1 << 20);
 }
+
+/// A tar split into zstd frames at an entry boundary, as `zstd:chunked` writes it, with
+/// skippable frames between and after: every entry lands, none is lost.
+#[test]
+fn multi_frame_zstd_layers_unpack_every_entry() {
+    let t = tar(&[
+        RawEntry::dir("a/"),
+        RawEntry::file("a/first", b"one"),
+        RawEntry::file("a/second", &[b'x'; 3000]),
+        RawEntry::file("a/third", b"three"),
+    ]);
+    // Headers and data are 512-byte blocks: the second entry starts at block 3.
+    let cuts = [0, 3 * 512, 3 * 512 + 512 + 3072, t.len()];
+    let mut data = Vec::new();
+    for w in cuts.windows(2) {
+        data.extend(zstd(&t[w[0]..w[1]]));
+        data.extend(0x184D_2A5Eu32.to_le_bytes());
+        data.extend(4u32.to_le_bytes());
+        data.extend(b"toc!");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let s = unpack_layer(
+        &data[..],
+        d.path(),
+        Some(&desc(&data)),
+        UnpackOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(s.entries, 4);
+    assert_eq!(fs::read(d.path().join("a/second")).unwrap().len(), 3000);
+    assert_eq!(fs::read(d.path().join("a/third")).unwrap(), b"three");
+}
+
+#[test]
+fn a_layer_that_stops_early_or_holds_two_archives_is_refused() {
+    let one = tar(&[RawEntry::file("one", b"1")]);
+    let two = tar(&[RawEntry::file("two", b"2")]);
+    // The first entry alone, without the end-of-archive marker.
+    let cut = &one[..1024];
+    let mut both = one.clone();
+    both.extend(&two);
+    for (what, data) in [
+        ("truncated, zstd", zstd(cut)),
+        ("truncated, gzip", gzip(cut)),
+        ("truncated, plain", cut.to_vec()),
+        (
+            "two archives, zstd frames",
+            [zstd(&one), zstd(&two)].concat(),
+        ),
+        ("two archives, plain", both),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let r = unpack_layer(
+            &data[..],
+            d.path(),
+            Some(&desc(&data)),
+            UnpackOptions::default(),
+        );
+        assert!(
+            matches!(r, Err(LayerError::Format(_))),
+            "{what}: expected a refusal, got {r:?}"
+        );
+    }
+}
