@@ -1,4 +1,5 @@
-//! A client of the control socket, used by `evctl` (and by the cloud agent).
+//! A client of the control socket, used by `evctl`, the cloud agent and the tests. Its
+//! answers are the protocol crate's wire types, the same the server writes.
 
 use std::path::{Path, PathBuf};
 
@@ -7,20 +8,21 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::{Method, Request, StatusCode, header};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyperlocal::{UnixClientExt, UnixConnector};
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 
 use crate::api::Body;
+use crate::control::{
+    BuildInfo, Command, CommandAccepted, Container, ErrorBody, GcReport, Object, ObjectUpload,
+    Step,
+};
+use crate::lifecycle::Progress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the runtime at {socket}: {msg}")]
     Connect { socket: PathBuf, msg: String },
-    #[error("{status}: {message}")]
-    Api {
-        status: StatusCode,
-        message: String,
-        body: Value,
-    },
+    #[error("{status}: {}", .body.error)]
+    Api { status: StatusCode, body: ErrorBody },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("bad response: {0}")]
@@ -49,8 +51,19 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    /// The body as it is, for tools and tests that look at any answer, errors included.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The body as the wire type the route answers with.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ClientError::Decode(format!(
+                "{e}: {}",
+                String::from_utf8_lossy(&self.body[..self.body.len().min(200)])
+            ))
+        })
     }
 }
 
@@ -111,38 +124,57 @@ impl Client {
         check(r)
     }
 
-    pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
-        Ok(self.call(Method::GET, path, Bytes::new()).await?.json())
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, Bytes::new()).await?.decode()
     }
 
-    pub async fn steps(&self) -> Result<Value, ClientError> {
-        self.get_json("/steps").await
+    pub async fn steps(&self) -> Result<Vec<Step>, ClientError> {
+        self.get("/steps").await
     }
 
-    pub async fn progress(&self, rev: &str) -> Result<Value, ClientError> {
-        self.get_json(&format!("/steps/{rev}/progress")).await
+    pub async fn progress(&self, rev: &str) -> Result<Progress, ClientError> {
+        self.get(&format!("/steps/{rev}/progress")).await
     }
 
-    pub async fn put_step(&self, rev: &str, state: Vec<u8>) -> Result<Value, ClientError> {
-        Ok(self
-            .call(Method::PUT, &format!("/steps/{rev}"), state)
+    pub async fn objects(&self) -> Result<Vec<Object>, ClientError> {
+        self.get("/objects").await
+    }
+
+    pub async fn containers(&self) -> Result<Vec<Container>, ClientError> {
+        self.get("/containers").await
+    }
+
+    pub async fn buildinfo(&self) -> Result<BuildInfo, ClientError> {
+        self.get("/buildinfo").await
+    }
+
+    /// Installs a state as revision `rev`; answers its progress (`QUEUED`).
+    pub async fn put_step(&self, rev: &str, state: Vec<u8>) -> Result<Progress, ClientError> {
+        self.call(Method::PUT, &format!("/steps/{rev}"), state)
             .await?
-            .json())
+            .decode()
     }
 
-    pub async fn command(&self, op: &str, payload: Value) -> Result<Value, ClientError> {
-        let body = serde_json::to_vec(&serde_json::json!({"op": op, "payload": payload}))
-            .unwrap_or_default();
-        Ok(self.call(Method::POST, "/commands", body).await?.json())
+    async fn command<T: DeserializeOwned>(&self, cmd: &Command) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(cmd).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.call(Method::POST, "/commands", body).await?.decode()
     }
 
-    pub async fn run(&self, rev: &str) -> Result<Value, ClientError> {
-        self.command("run", Value::String(rev.to_owned())).await
+    pub async fn run(&self, rev: &str) -> Result<CommandAccepted, ClientError> {
+        self.command(&Command::Run(rev.to_owned())).await
+    }
+
+    pub async fn gc(&self) -> Result<GcReport, ClientError> {
+        self.command(&Command::Gc).await
+    }
+
+    pub async fn reboot(&self) -> Result<CommandAccepted, ClientError> {
+        self.command(&Command::Reboot).await
     }
 
     /// Streams a file to `PUT /objects/{sha256}`, resuming a partial upload if the
     /// runtime has one. The digest is computed here first (streaming, too).
-    pub async fn put_object_file(&self, path: &Path) -> Result<(String, Value), ClientError> {
+    pub async fn put_object_file(&self, path: &Path) -> Result<ObjectUpload, ClientError> {
         use sha2::{Digest, Sha256};
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let mut f = tokio::fs::File::open(path).await?;
@@ -167,12 +199,20 @@ impl Client {
             )
             .await?;
         if probe.status == StatusCode::OK {
-            return Ok((
-                hex.clone(),
-                serde_json::json!({"sha256": hex, "status": "exists"}),
-            ));
+            return Ok(ObjectUpload {
+                sha256: crate::control::Digest::from_hex(&hex)
+                    .map_err(|e| ClientError::Decode(e.to_string()))?,
+                status: Some("exists".into()),
+                size: Some(size),
+                partial_bytes: None,
+            });
         }
-        let offset = probe.json()["partialBytes"].as_u64().unwrap_or(0).min(size);
+        let offset = probe
+            .decode::<ErrorBody>()
+            .ok()
+            .and_then(|b| b.partial_bytes)
+            .unwrap_or(0)
+            .min(size);
         f.seek(std::io::SeekFrom::Start(offset)).await?;
         let stream = crate::api::file_frames(f);
         let mut headers = vec![(header::CONTENT_LENGTH.as_str(), (size - offset).to_string())];
@@ -190,8 +230,7 @@ impl Client {
                 &headers,
             )
             .await?;
-        let r = check(r)?;
-        Ok((hex, r.json()))
+        check(r)?.decode()
     }
 }
 
@@ -199,14 +238,12 @@ fn check(r: Reply) -> Result<Reply, ClientError> {
     if r.status.is_success() {
         Ok(r)
     } else {
-        let body = r.json();
-        let message = body["error"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
+        let body = r.decode().unwrap_or_else(|_| ErrorBody {
+            error: String::from_utf8_lossy(&r.body).into_owned(),
+            ..ErrorBody::default()
+        });
         Err(ClientError::Api {
             status: r.status,
-            message,
             body,
         })
     }

@@ -14,7 +14,7 @@ use crate::lifecycle::{Progress, Status};
 use crate::oci::{OciRuntime, RuncCli};
 use crate::state::Container;
 use crate::store::{Store, StoreError};
-use crate::supervisor::{ContainerStatus, Handle, LogConfig, Spec};
+use crate::supervisor::{Handle, LogConfig, Spec};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -148,14 +148,13 @@ impl Daemon {
         }
     }
 
-    /// Records a status change, refusing (and logging) impossible transitions.
+    /// Records a status change. An impossible transition is refused, not written: a
+    /// bug elsewhere must never record a history the lifecycle does not allow.
     pub(crate) fn set_progress(&self, rev: &str, p: Progress) {
         let from = self.store.read_progress(rev).map(|p| p.status).ok();
-        if let Some(from) = from
-            && !from.can_transition(p.status)
-            && from != p.status
-        {
-            tracing::warn!(rev, %from, to = %p.status, "unexpected transition");
+        if let Err(e) = crate::lifecycle::check_transition(from, p.status) {
+            tracing::error!(rev, error = %e, msg = %p.status_msg, "progress not recorded");
+            return;
         }
         tracing::info!(rev, status = %p.status, msg = %p.status_msg, "progress");
         if let Err(e) = self.store.write_progress(rev, &p) {
@@ -163,26 +162,18 @@ impl Daemon {
         }
     }
 
-    pub async fn containers(&self) -> Vec<ContainerStatus> {
+    /// The running revision's containers, as `GET /containers` shows them.
+    pub async fn containers(&self) -> Vec<crate::control::Container> {
         let r = self.running.lock().await;
-        let mut out: Vec<ContainerStatus> = r.handles.values().map(Handle::snapshot).collect();
-        for (name, _) in r.specs.iter().filter(|(n, _)| !r.handles.contains_key(*n)) {
-            out.push(ContainerStatus {
-                name: name.clone(),
-                revision: r.rev.clone().unwrap_or_default(),
-                id: self.container_id(name),
-                state: crate::supervisor::RunState::Stopped,
-                pid: None,
-                restarts: 0,
-                last_exit: None,
-                completed: false,
-                healthy: None,
-                ready: false,
-                goal: "stopped",
-                started: None,
-                log_start: 0,
-                error: None,
-            });
+        let mut out: Vec<_> = r.handles.values().map(|h| h.snapshot().wire).collect();
+        for (name, p) in r.specs.iter().filter(|(n, _)| !r.handles.contains_key(*n)) {
+            out.push(crate::control::Container::new(
+                name,
+                r.rev.as_deref().unwrap_or_default(),
+                &self.container_id(name),
+                crate::control::RunState::Stopped,
+                crate::supervisor::goal_of(&p.container),
+            ));
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out

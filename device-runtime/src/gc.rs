@@ -6,20 +6,12 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
-
 use crate::daemon::Daemon;
 use crate::layers::chain_id;
 use crate::state::State;
 use crate::store::{Pointer, StoreError, remove_any};
 
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
-pub struct GcReport {
-    pub revisions: Vec<String>,
-    pub objects: usize,
-    pub rootfs: usize,
-    pub bytes: u64,
-}
+pub use crate::control::GcReport;
 
 /// Revisions to delete: all but the newest `retention` (by `created`, ascending
 /// input order not assumed) and the protected ones.

@@ -46,7 +46,10 @@ impl Daemon {
                 && p.status.is_active()
             {
                 if Some(&rev) == committed.as_ref() {
-                    self.set_progress(&rev, Progress::new(Status::Done, "committed"));
+                    // A re-run of the committed revision was cut short: it is still the
+                    // committed one, so its status is restored rather than transitioned.
+                    self.store
+                        .write_progress(&rev, &Progress::new(Status::Done, "committed"))?;
                 } else {
                     self.set_progress(
                         &rev,

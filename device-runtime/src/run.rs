@@ -279,7 +279,7 @@ impl Daemon {
                 Verdict::Waiting if Instant::now() >= deadline => {
                     let laggard = s.iter().find(|c| !c.at_goal());
                     let (name, goal) = laggard
-                        .map(|c| (c.name.clone(), c.goal))
+                        .map(|c| (c.name.clone(), c.goal.to_string()))
                         .unwrap_or_default();
                     return Err(TestFailure {
                         reason: format!(
@@ -295,7 +295,7 @@ impl Daemon {
         let baseline: BTreeMap<String, u32> = statuses()
             .await
             .into_iter()
-            .map(|s| (s.name, s.restarts))
+            .map(|s| (s.wire.name, s.wire.restarts))
             .collect();
         let end = Instant::now() + period;
         while Instant::now() < end {
@@ -313,19 +313,10 @@ mod tests {
     use super::*;
     use crate::supervisor::ContainerStatus;
 
-    fn st(name: &str, state: RunState, goal: &'static str) -> ContainerStatus {
+    fn st(name: &str, state: RunState, goal: &str) -> ContainerStatus {
+        let goal = serde_json::from_value(serde_json::json!(goal)).unwrap();
         ContainerStatus {
-            name: name.into(),
-            revision: "r".into(),
-            id: "x".into(),
-            state,
-            pid: None,
-            restarts: 0,
-            last_exit: None,
-            completed: false,
-            healthy: None,
-            ready: false,
-            goal,
+            wire: crate::control::Container::new(name, "r", "x", state, goal),
             started: None,
             log_start: 0,
             error: None,

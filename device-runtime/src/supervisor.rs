@@ -10,72 +10,47 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::control::Container as WireContainer;
 use crate::oci::OciRuntime;
 use crate::state::{Container, HealthCheck, RestartPolicy};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunState {
-    Starting,
-    Running,
-    Exited,
-    Backoff,
-    Stopped,
-}
+pub use crate::control::{Goal, RunState};
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// A supervised container: what the control socket shows of it, plus what only the
+/// supervisor needs.
+#[derive(Debug, Clone)]
 pub struct ContainerStatus {
-    pub name: String,
-    pub revision: String,
-    pub id: String,
-    pub state: RunState,
-    pub pid: Option<u32>,
-    pub restarts: u32,
-    pub last_exit: Option<i32>,
-    /// Exited with a success code under a policy that does not restart it: a job
-    /// that finished, which counts as reaching its goal.
-    pub completed: bool,
-    /// `None` until the first check ran (or when there is no check).
-    pub healthy: Option<bool>,
-    pub ready: bool,
-    pub goal: &'static str,
-    #[serde(skip)]
+    pub wire: WireContainer,
     pub started: Option<Instant>,
     /// Size of the log when this handle started: a failure report shows only what
     /// this revision's container wrote.
-    #[serde(skip)]
     pub log_start: u64,
-    #[serde(skip)]
     pub error: Option<String>,
 }
 
-impl ContainerStatus {
-    /// Whether the container is where the state wants it: running and, depending on
-    /// its check, healthy or signalled ready.
-    pub fn at_goal(&self) -> bool {
-        if self.completed {
-            return true;
-        }
-        self.state == RunState::Running
-            && match self.goal {
-                "healthy" => self.healthy == Some(true),
-                "ready" => self.ready,
-                _ => true,
-            }
+// A supervised container reads as its wire status: `status.state`, `status.at_goal()`.
+impl std::ops::Deref for ContainerStatus {
+    type Target = WireContainer;
+    fn deref(&self) -> &WireContainer {
+        &self.wire
     }
 }
 
-pub fn goal_of(c: &Container) -> &'static str {
+impl std::ops::DerefMut for ContainerStatus {
+    fn deref_mut(&mut self) -> &mut WireContainer {
+        &mut self.wire
+    }
+}
+
+pub fn goal_of(c: &Container) -> Goal {
     match c.health {
-        None => "running",
-        Some(HealthCheck::Signal {}) => "ready",
-        Some(_) => "healthy",
+        None => Goal::Running,
+        Some(HealthCheck::Signal {}) => Goal::Ready,
+        Some(_) => Goal::Healthy,
     }
 }
 
@@ -139,17 +114,13 @@ fn update(s: &Arc<Mutex<ContainerStatus>>, f: impl FnOnce(&mut ContainerStatus))
 impl Handle {
     pub fn start(oci: Arc<dyn OciRuntime>, spec: Spec) -> Handle {
         let status = Arc::new(Mutex::new(ContainerStatus {
-            name: spec.container.name.clone(),
-            revision: spec.revision.clone(),
-            id: spec.id.clone(),
-            state: RunState::Starting,
-            pid: None,
-            restarts: 0,
-            last_exit: None,
-            completed: false,
-            healthy: None,
-            ready: false,
-            goal: goal_of(&spec.container),
+            wire: WireContainer::new(
+                &spec.container.name,
+                &spec.revision,
+                &spec.id,
+                RunState::Starting,
+                goal_of(&spec.container),
+            ),
             started: None,
             log_start: std::fs::metadata(&spec.log).map(|m| m.len()).unwrap_or(0),
             error: None,
@@ -168,7 +139,7 @@ impl Handle {
         let task = tokio::spawn(run_loop(oci, spec, status.clone(), stop_rx));
         Handle {
             name: status_name(&status),
-            id: snapshot(&status).id,
+            id: snapshot(&status).wire.id,
             status,
             stop,
             task,
@@ -195,7 +166,7 @@ impl Handle {
 }
 
 fn status_name(s: &Arc<Mutex<ContainerStatus>>) -> String {
-    snapshot(s).name
+    snapshot(s).wire.name
 }
 
 async fn run_loop(
@@ -638,7 +609,7 @@ mod tests {
             serde_json::json!({"health": {"type": "exec", "command": ["check"], "intervalMs": 20}});
         let h = Handle::start(oci.clone(), spec(d.path(), extra, 100));
         let s = until(&h, "healthy", |s| s.healthy == Some(true)).await;
-        assert_eq!(s.goal, "healthy");
+        assert_eq!(s.goal, Goal::Healthy);
         assert!(s.at_goal());
         h.stop().await;
         assert!(oci.calls().contains(&"exec ev-app check".to_string()));

@@ -51,7 +51,7 @@ async fn a_container_may_read_and_signal_but_not_install() {
     );
     assert!(logs.contains("signalled"), "{logs}");
     // Nothing the container tried to write arrived.
-    let objects = c.get_json("/objects").await.unwrap();
+    let objects = c.get::<serde_json::Value>("/objects").await.unwrap();
     let busybox = device_runtime::testkit::sha256_hex(&std::fs::read("/bin/busybox").unwrap());
     assert!(!objects.to_string().contains(&busybox));
 }

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use device_runtime::lifecycle::Status;
 use device_runtime::state::State;
 use device_runtime::testkit::{self, RawEntry};
 use serde_json::{Value, json};
@@ -191,11 +192,11 @@ async fn sigkill_at_random_moments_always_recovers() {
             c.put_step(&rev, st).await.map_err(|e| e.to_string())?;
             c.run(&rev).await.map_err(|e| e.to_string())?;
             if i % 10 == 0 {
-                let _ = c.command("gc", Value::Null).await;
+                let _ = c.gc().await;
             }
             for _ in 0..100 {
                 let p = c.progress(&rev).await.map_err(|e| e.to_string())?;
-                if matches!(p["status"].as_str(), Some("DONE" | "ERROR" | "WONTGO")) {
+                if !p.status.is_active() && p.status != Status::Queued {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

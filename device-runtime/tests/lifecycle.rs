@@ -21,7 +21,7 @@ async fn install_commit_roll_forward_and_back() {
         10,
         1,
     );
-    let queued = c.put_step("v1", v1.clone()).await.unwrap();
+    let queued = serde_json::to_value(c.put_step("v1", v1.clone()).await.unwrap()).unwrap();
     assert_eq!(queued["status"], "QUEUED");
     let total =
         image["layers"][0]["size"].as_u64().unwrap() + image["config"]["size"].as_u64().unwrap();
@@ -143,7 +143,7 @@ async fn gc_keeps_committed_factory_and_retention_and_drops_the_rest() {
         let content = format!("revision {rev}\n");
         let p = dev.dir.path().join(format!("file-{rev}"));
         std::fs::write(&p, &content).unwrap();
-        let (hex, _) = c.put_object_file(&p).await.unwrap();
+        let hex = c.put_object_file(&p).await.unwrap().sha256.hex().to_owned();
         let mut st: serde_json::Value = serde_json::from_slice(&state(
             vec![container("app", &image, "exec sleep 1000")],
             10,
@@ -167,30 +167,25 @@ async fn gc_keeps_committed_factory_and_retention_and_drops_the_rest() {
         "DONE"
     );
     let objects_before = c
-        .get_json("/objects")
+        .get::<serde_json::Value>("/objects")
         .await
         .unwrap()
         .as_array()
         .unwrap()
         .len();
-    let report = c.command("gc", serde_json::Value::Null).await.unwrap();
-    let mut gone: Vec<String> = report["revisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap().to_owned())
-        .collect();
+    let report = c.gc().await.unwrap();
+    let mut gone = report.revisions.clone();
     gone.sort();
     // Retention 1 keeps the newest candidate (d) besides committed a and factory f.
-    assert_eq!(gone, vec!["b", "c"], "{report}");
-    assert_eq!(report["objects"], 2, "{report}");
+    assert_eq!(gone, vec!["b", "c"], "{report:?}");
+    assert_eq!(report.objects, 2, "{report:?}");
     let steps = steps_by_rev(&c).await;
     assert_eq!(
         steps.keys().cloned().collect::<Vec<_>>(),
         vec!["a", "d", "f"]
     );
     let objects_after = c
-        .get_json("/objects")
+        .get::<serde_json::Value>("/objects")
         .await
         .unwrap()
         .as_array()

@@ -42,7 +42,7 @@ pub fn runtime_binary(env: &Env) -> PathBuf {
 pub fn agent_binary(env: &Env) -> PathBuf {
     cargo_binary(
         env,
-        "edgevisor-device-runtime",
+        "edgevisor-agent",
         "agent",
         "EDGEVISOR_AGENT_BIN",
     )

@@ -32,6 +32,8 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
+use edgevisor_protocol::control::RunState;
+use edgevisor_protocol::lifecycle::Status;
 use tokio::task::JoinHandle;
 
 use crate::Env;
@@ -1127,17 +1129,12 @@ impl World {
         let first = &self.devices[0];
         let running = first
             .client()
-            .get_json("/containers")
+            .containers()
             .await
             .context("GET /containers")?;
         let running: BTreeSet<(String, String, String)> = running
-            .as_array()
-            .context("GET /containers: a list")?
             .iter()
-            .map(|c| {
-                let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-                (s("name"), s("state"), s("revision"))
-            })
+            .map(|c| (c.name.clone(), c.state.to_string(), c.revision.clone()))
             .collect();
         let want = BTreeSet::from([
             ("app".to_string(), "running".to_string(), v1.to_string()),
@@ -1322,30 +1319,25 @@ impl World {
             .context("the canary")?;
         let containers = canary_device
             .client()
-            .get_json("/containers")
+            .containers()
             .await
             .context("GET /containers")?;
-        for c in containers.as_array().context("GET /containers: a list")? {
-            ensure!(
-                c["revision"].as_str() == Some(v2),
-                "{canary} runs v2 again: {containers}"
-            );
-            ensure!(c["state"].as_str() == Some("running"), "{containers}");
+        for c in &containers {
+            ensure!(c.revision == v2, "{canary} runs v2 again: {containers:?}");
+            ensure!(c.state == RunState::Running, "{containers:?}");
         }
         // The runtime's own record: it tried v3, which failed, and went back to its committed v2.
         let steps = canary_device.client().steps().await.context("GET /steps")?;
-        let step = |rev: &str| {
-            steps
-                .as_array()
-                .and_then(|s| s.iter().find(|x| x["rev"].as_str() == Some(rev)))
-                .cloned()
-                .unwrap_or_default()
-        };
+        let step = |rev: &str| steps.iter().find(|x| x.rev == rev);
         let (tried, committed) = (step(v3), step(v2));
-        ensure!(tried["status"].as_str() == Some("ERROR"), "{steps}");
-        ensure!(tried["committed"].as_bool() == Some(false), "{steps}");
-        ensure!(committed["committed"].as_bool() == Some(true), "{steps}");
-        ensure!(committed["running"].as_bool() == Some(true), "{steps}");
+        ensure!(
+            tried.is_some_and(|t| t.status == Some(Status::Error) && !t.committed),
+            "{steps:?}"
+        );
+        ensure!(
+            committed.is_some_and(|c| c.committed && c.running),
+            "{steps:?}"
+        );
         self.n.say(&format!(
             "{canary}'s runtime: {v3} ERROR, not committed; {v2} committed and running again"
         ));
@@ -1454,7 +1446,7 @@ impl World {
             "before revocation: {}",
             response.status()
         );
-        let served: device_runtime::gateway_api::Target =
+        let served: edgevisor_protocol::gateway::Target =
             response.json().await.context("a Target")?;
         ensure!(
             served.revision == r.v2,

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use device_runtime::gateway_api::{
+use edgevisor_protocol::gateway::{
     ContainerReport, DeviceReport, EnrollResponse, Target, UpdateReport,
 };
-use device_runtime::lifecycle::Status;
+use edgevisor_protocol::lifecycle::Status;
 use edgevisor_crds::{Device, FleetRevision, UpdateStatus};
 use edgevisor_e2e::Env;
 use edgevisor_e2e::gateway::{self, BootstrapToken, Gateway};

@@ -120,7 +120,7 @@ impl BootstrapToken {
         let device_namespace = text(secret, "device-namespace")
             .map_err(&bad)?
             .unwrap_or_else(|| "default".into());
-        if !device_runtime::gateway_api::is_dns_label(&device_namespace) {
+        if !edgevisor_protocol::gateway::is_dns_label(&device_namespace) {
             return Err(bad(format!(
                 "device-namespace {device_namespace:?} is not a namespace name"
             )));

@@ -3,7 +3,7 @@
 //! `status.enrollment`, under its own field manager so status writes never drop it.
 use std::time::{Duration, Instant};
 
-use device_runtime::gateway_api::{EnrollRequest, EnrollResponse};
+use edgevisor_protocol::gateway::{EnrollRequest, EnrollResponse};
 use edgevisor_crds::device::Enrollment;
 use edgevisor_crds::{Architecture, Device, DeviceSpec};
 use k8s_openapi::api::core::v1::Secret;

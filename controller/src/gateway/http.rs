@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use device_runtime::gateway_api::{DeviceReport, EnrollRequest, MAX_WAIT_SECONDS, Target};
+use edgevisor_protocol::gateway::{DeviceReport, EnrollRequest, MAX_WAIT_SECONDS, Target};
 use edgevisor_crds::FleetRevision;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;

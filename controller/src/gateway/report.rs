@@ -1,6 +1,6 @@
 //! From what a device reports to what `Device.status` shows. Pure: the gateway calls these
 //! with the cached status and the time, and writes what they return.
-use device_runtime::gateway_api::{ContainerReport, DeviceReport};
+use edgevisor_protocol::gateway::{ContainerReport, DeviceReport};
 use edgevisor_crds::common::condition::{ONLINE, READY, UP_TO_DATE};
 use edgevisor_crds::device::{ContainerStatus, HistoryEntry, UpdateProgress};
 use edgevisor_crds::{DeviceStatus, UpdateStatus};
@@ -13,8 +13,8 @@ const HISTORY: usize = 10;
 /// Progress is shown in steps this big: finer steps would be a write each.
 const PROGRESS_STEP: i32 = 25;
 
-fn update_status(s: device_runtime::lifecycle::Status) -> UpdateStatus {
-    use device_runtime::lifecycle::Status as S;
+fn update_status(s: edgevisor_protocol::lifecycle::Status) -> UpdateStatus {
+    use edgevisor_protocol::lifecycle::Status as S;
     match s {
         S::Queued => UpdateStatus::Queued,
         S::Downloading => UpdateStatus::Downloading,
@@ -220,8 +220,8 @@ pub fn visible(status: &DeviceStatus) -> Visible<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use device_runtime::gateway_api::UpdateReport;
-    use device_runtime::lifecycle::Status;
+    use edgevisor_protocol::gateway::UpdateReport;
+    use edgevisor_protocol::lifecycle::Status;
 
     fn report(status: Status, progress: u8, downloaded: u64) -> DeviceReport {
         DeviceReport {

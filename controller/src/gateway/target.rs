@@ -2,7 +2,7 @@
 //! FleetRevision and the gateway's registry map.
 use std::collections::{BTreeMap, BTreeSet};
 
-use device_runtime::gateway_api::{BlobSource, Target};
+use edgevisor_protocol::gateway::{BlobSource, Target};
 use edgevisor_crds::FleetRevision;
 
 use crate::registry::Reference;
@@ -87,7 +87,7 @@ pub fn target(
         }
     }
     // The config's size is in the state, not in the FleetRevision's image list.
-    if let Ok(state) = device_runtime::state::State::parse(arch.state.as_bytes()) {
+    if let Ok(state) = edgevisor_protocol::state::State::parse(arch.state.as_bytes()) {
         for c in &state.containers {
             for b in blobs
                 .iter_mut()

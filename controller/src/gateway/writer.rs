@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use device_runtime::gateway_api::DeviceReport;
+use edgevisor_protocol::gateway::DeviceReport;
 use edgevisor_crds::{Device, DeviceStatus};
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;

@@ -9,8 +9,11 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use device_runtime::cli::{EvctlArgs, EvctlCommand};
 use device_runtime::client::Client;
+use device_runtime::control::{ContainerAction, ContainerActionBody, Signal, Signalled};
+use device_runtime::lifecycle::{Progress, Status};
+use device_runtime::state::State;
 use hyper::Method;
-use serde_json::Value;
+use serde::Serialize;
 
 fn main() -> std::process::ExitCode {
     let args = EvctlArgs::parse();
@@ -28,16 +31,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn print_json(v: &Value) {
+fn print_json(v: &impl Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
 async fn run(args: EvctlArgs) -> Result<()> {
@@ -55,15 +54,20 @@ async fn run(args: EvctlArgs) -> Result<()> {
                 print_json(&v);
             } else {
                 println!("{:<24} {:<12} FLAGS", "REVISION", "STATUS");
-                for st in v.as_array().into_iter().flatten() {
-                    let flags: Vec<&str> = ["committed", "trying", "factory", "running"]
-                        .into_iter()
-                        .filter(|f| st[*f].as_bool() == Some(true))
-                        .collect();
+                for st in &v {
+                    let flags: Vec<&str> = [
+                        ("committed", st.committed),
+                        ("trying", st.trying),
+                        ("factory", st.factory),
+                        ("running", st.running),
+                    ]
+                    .into_iter()
+                    .filter_map(|(f, on)| on.then_some(f))
+                    .collect();
                     println!(
                         "{:<24} {:<12} {}",
-                        s(&st["rev"]),
-                        s(&st["status"]),
+                        st.rev,
+                        or_dash(st.status),
                         flags.join(",")
                     );
                 }
@@ -81,7 +85,7 @@ async fn run(args: EvctlArgs) -> Result<()> {
             wait,
         } => {
             let bytes = std::fs::read(&state).with_context(|| format!("{}", state.display()))?;
-            let parsed: Value = serde_json::from_slice(&bytes).context("state is not JSON")?;
+            let parsed = State::parse(&bytes)?;
             let rev = rev.unwrap_or_else(|| {
                 use sha2::Digest;
                 hex::encode(sha2::Sha256::digest(&bytes))[..12].to_owned()
@@ -93,7 +97,7 @@ async fn run(args: EvctlArgs) -> Result<()> {
             if json {
                 print_json(&p);
             } else {
-                println!("installed {rev}: {}", s(&p["status"]));
+                println!("installed {rev}: {}", p.status);
             }
             if !no_run {
                 c.run(&rev).await?;
@@ -128,12 +132,12 @@ async fn run(args: EvctlArgs) -> Result<()> {
             }
         }
         EvctlCommand::Objects => {
-            let v = c.get_json("/objects").await?;
+            let v = c.objects().await?;
             if json {
                 print_json(&v);
             } else {
-                for o in v.as_array().into_iter().flatten() {
-                    println!("sha256:{}  {}", s(&o["sha256"]), s(&o["size"]));
+                for o in &v {
+                    println!("{}  {}", o.sha256, o.size);
                 }
             }
         }
@@ -149,15 +153,15 @@ async fn run(args: EvctlArgs) -> Result<()> {
             }
         }
         EvctlCommand::PutObject { file } => {
-            let (hex, v) = c.put_object_file(&file).await?;
+            let v = c.put_object_file(&file).await?;
             if json {
                 print_json(&v);
             } else {
-                println!("sha256:{hex} {}", v["status"].as_str().unwrap_or("stored"));
+                println!("{} {}", v.sha256, v.status.as_deref().unwrap_or("stored"));
             }
         }
         EvctlCommand::Containers => {
-            let v = c.get_json("/containers").await?;
+            let v = c.containers().await?;
             if json {
                 print_json(&v);
             } else {
@@ -165,27 +169,31 @@ async fn run(args: EvctlArgs) -> Result<()> {
                     "{:<16} {:<12} {:<9} {:<8} {:<8} GOAL",
                     "NAME", "REVISION", "STATE", "PID", "RESTARTS"
                 );
-                for x in v.as_array().into_iter().flatten() {
+                for x in &v {
                     println!(
                         "{:<16} {:<12} {:<9} {:<8} {:<8} {}",
-                        s(&x["name"]),
-                        s(&x["revision"]),
-                        s(&x["state"]),
-                        s(&x["pid"]),
-                        s(&x["restarts"]),
-                        s(&x["goal"])
+                        x.name,
+                        x.revision,
+                        x.state,
+                        or_dash(x.pid),
+                        x.restarts,
+                        x.goal
                     );
                 }
             }
         }
         EvctlCommand::Container { action, name } => {
-            let body = serde_json::to_vec(&serde_json::json!({"action": action}))?;
+            let action: ContainerAction = serde_json::from_value(serde_json::json!(action))
+                .with_context(|| format!("{action:?}: use start, stop or restart"))?;
+            let body = serde_json::to_vec(&ContainerActionBody { action })?;
             let r = c
                 .call(Method::PUT, &format!("/containers/{name}"), body)
                 .await?;
             if json {
-                print_json(&r.json());
+                print_json(&r.decode::<device_runtime::control::ContainerActionDone>()?);
             } else {
+                let action = serde_json::to_value(action)?;
+                let action = action.as_str().unwrap_or_default();
                 println!("{action} {name}: ok");
             }
         }
@@ -200,28 +208,22 @@ async fn run(args: EvctlArgs) -> Result<()> {
             print!("{}", String::from_utf8_lossy(&r.body));
         }
         EvctlCommand::Gc => {
-            let v = c.command("gc", Value::Null).await?;
+            let v = c.gc().await?;
             if json {
                 print_json(&v);
             } else {
                 println!(
                     "removed {} revisions {:?}, {} objects ({} bytes), {} unpacked images",
-                    v["revisions"].as_array().map_or(0, Vec::len),
-                    v["revisions"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .iter()
-                        .map(s)
-                        .collect::<Vec<_>>(),
-                    s(&v["objects"]),
-                    s(&v["bytes"]),
-                    s(&v["rootfs"])
+                    v.revisions.len(),
+                    v.revisions,
+                    v.objects,
+                    v.bytes,
+                    v.rootfs
                 );
             }
         }
         EvctlCommand::Reboot => {
-            let v = c.command("reboot", Value::Null).await?;
+            let v = c.reboot().await?;
             if json {
                 print_json(&v);
             } else {
@@ -229,13 +231,15 @@ async fn run(args: EvctlArgs) -> Result<()> {
             }
         }
         EvctlCommand::Signal { container } => {
-            let body =
-                serde_json::to_vec(&serde_json::json!({"type": "ready", "container": container}))?;
-            let r = c.call(Method::POST, "/signal", body).await?;
+            let body = serde_json::to_vec(&Signal {
+                container,
+                kind: Some("ready".into()),
+            })?;
+            let r: Signalled = c.call(Method::POST, "/signal", body).await?.decode()?;
             if json {
-                print_json(&r.json());
+                print_json(&r);
             } else {
-                println!("ready: {}", s(&r.json()["container"]));
+                println!("ready: {}", r.container);
             }
         }
         EvctlCommand::Meta {
@@ -247,12 +251,12 @@ async fn run(args: EvctlArgs) -> Result<()> {
             let base = format!("/{kind}-meta");
             match (key, value, delete) {
                 (None, _, _) => {
-                    let v = c.get_json(&base).await?;
+                    let v: std::collections::BTreeMap<String, String> = c.get(&base).await?;
                     if json {
                         print_json(&v);
                     } else {
-                        for (k, val) in v.as_object().into_iter().flatten() {
-                            println!("{k}={}", s(val));
+                        for (k, val) in &v {
+                            println!("{k}={val}");
                         }
                     }
                 }
@@ -269,26 +273,23 @@ async fn run(args: EvctlArgs) -> Result<()> {
             }
         }
         EvctlCommand::Bench { path, requests } => {
-            c.get_json(&path).await?;
+            c.call(Method::GET, &path, "").await?;
             let t = std::time::Instant::now();
             for _ in 0..requests {
-                c.get_json(&path).await?;
+                c.call(Method::GET, &path, "").await?;
             }
             let secs = t.elapsed().as_secs_f64();
             println!("{:.0}", requests as f64 / secs);
         }
         EvctlCommand::Schema => {}
         EvctlCommand::Buildinfo => {
-            let v = c.get_json("/buildinfo").await?;
+            let v = c.buildinfo().await?;
             if json {
                 print_json(&v);
             } else {
                 println!(
                     "runtime {} (commit {}), {}, {}",
-                    s(&v["version"]),
-                    s(&v["gitCommit"]),
-                    s(&v["stateSpec"]),
-                    s(&v["ociRuntime"])
+                    v.version, v.git_commit, v.state_spec, v.oci_runtime
                 );
             }
         }
@@ -296,18 +297,13 @@ async fn run(args: EvctlArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_progress(rev: &str, p: &Value) {
-    println!(
-        "{rev}: {} {}% {}",
-        s(&p["status"]),
-        s(&p["progress"]),
-        s(&p["status-msg"])
-    );
-    for m in p["missing"].as_array().into_iter().flatten() {
-        println!("  missing {}", s(m));
+fn print_progress(rev: &str, p: &Progress) {
+    println!("{rev}: {} {}% {}", p.status, p.progress, p.status_msg);
+    for m in &p.missing {
+        println!("  missing {m}");
     }
-    for l in p["logs"].as_array().into_iter().flatten() {
-        println!("  | {}", s(l));
+    for l in &p.logs {
+        println!("  | {l}");
     }
 }
 
@@ -315,8 +311,7 @@ async fn watch(c: &Client, rev: &str, json: bool) -> Result<()> {
     let mut last = String::new();
     loop {
         let p = c.progress(rev).await?;
-        let status = s(&p["status"]);
-        let line = format!("{status} {}", s(&p["status-msg"]));
+        let line = format!("{} {}", p.status, p.status_msg);
         if line != last {
             if json {
                 println!("{}", serde_json::to_string(&p).unwrap_or_default());
@@ -325,50 +320,36 @@ async fn watch(c: &Client, rev: &str, json: bool) -> Result<()> {
             }
             last = line;
         }
-        match status.as_str() {
-            "DONE" => return Ok(()),
-            "ERROR" | "WONTGO" => bail!("{rev} ended in {status}"),
+        match p.status {
+            Status::Done => return Ok(()),
+            Status::Error | Status::Wontgo => bail!("{rev} ended in {}", p.status),
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }
 
 /// Uploads every object the state names that the runtime lacks.
-async fn upload_objects(c: &Client, state: &Value, dir: &Path, json: bool) -> Result<()> {
+async fn upload_objects(c: &Client, state: &State, dir: &Path, json: bool) -> Result<()> {
     let have: std::collections::BTreeSet<String> = c
-        .get_json("/objects")
+        .objects()
         .await?
-        .as_array()
         .into_iter()
-        .flatten()
-        .filter_map(|o| o["sha256"].as_str().map(str::to_owned))
+        .map(|o| o.sha256.hex().to_owned())
         .collect();
-    let mut wanted = std::collections::BTreeSet::new();
-    for ct in state["containers"].as_array().into_iter().flatten() {
-        wanted.extend(ct["image"]["config"]["digest"].as_str().map(str::to_owned));
-        for l in ct["image"]["layers"].as_array().into_iter().flatten() {
-            wanted.extend(l["digest"].as_str().map(str::to_owned));
-        }
-    }
-    for f in state["files"].as_array().into_iter().flatten() {
-        wanted.extend(f["digest"].as_str().map(str::to_owned));
-    }
-    for d in wanted {
-        let hex = d.trim_start_matches("sha256:").to_owned();
+    for hex in state.objects() {
         if have.contains(&hex) {
             continue;
         }
+        let d = format!("sha256:{hex}");
         let candidates = [dir.join(&hex), dir.join(&d), dir.join("sha256").join(&hex)];
         let Some(path) = candidates.iter().find(|p| p.is_file()) else {
             bail!("object {d} is not in {}", dir.display());
         };
-        let (_, v) = c.put_object_file(path).await?;
+        let v = c.put_object_file(path).await?;
         if !json {
             println!(
                 "uploaded {d} ({})",
-                v["size"]
-                    .as_u64()
-                    .map_or("exists".into(), |n| format!("{n} bytes"))
+                v.size.map_or("exists".into(), |n| format!("{n} bytes"))
             );
         }
     }

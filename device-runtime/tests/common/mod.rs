@@ -11,6 +11,24 @@ use device_runtime::testkit;
 use serde_json::{Value, json};
 
 /// Fails loudly (never skips) when the machine cannot run containers.
+/// The `runtime` binary: Cargo names it for this crate's own tests; the agent's tests,
+/// which share this module, find it beside their own executable (`cargo test
+/// --workspace` builds it).
+pub fn runtime_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_runtime") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let bin = dir.join("runtime");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p edgevisor-device-runtime)",
+        bin.display()
+    );
+    bin
+}
+
 pub fn require_tools() {
     let runc = Command::new("runc").arg("--version").output();
     assert!(
@@ -85,7 +103,7 @@ impl Device {
             .append(true)
             .open(self.dir.path().join("runtime.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_runtime"))
+        let child = Command::new(runtime_bin())
             .arg("--storage")
             .arg(self.storage())
             .args(["--stop-grace-seconds", "1", "--log", "debug"])
@@ -185,9 +203,10 @@ pub async fn wait_rest(c: &Client, rev: &str, timeout: Duration) -> Value {
     let t = Instant::now();
     loop {
         if let Ok(p) = c.progress(rev).await
-            && matches!(p["status"].as_str(), Some("DONE" | "ERROR" | "WONTGO"))
+            && !p.status.is_active()
+            && p.status != device_runtime::lifecycle::Status::Queued
         {
-            return p;
+            return serde_json::to_value(p).unwrap();
         }
         assert!(t.elapsed() < timeout, "{rev} did not finish in {timeout:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -204,20 +223,13 @@ pub async fn steps_by_rev(c: &Client) -> std::collections::BTreeMap<String, Valu
     c.steps()
         .await
         .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["rev"].as_str().unwrap().to_owned(), s.clone()))
+        .into_iter()
+        .map(|s| (s.rev.clone(), serde_json::to_value(s).unwrap()))
         .collect()
 }
 
 pub async fn containers(c: &Client) -> Vec<Value> {
-    c.get_json("/containers")
-        .await
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    c.get::<Vec<Value>>("/containers").await.unwrap()
 }
 
 /// Names and revisions of running containers.

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use device_runtime::gateway_api::{
+use edgevisor_protocol::gateway::{
     ContainerReport, DeviceReport, EnrollRequest, EnrollResponse, Target, UpdateReport,
 };
-use device_runtime::lifecycle::Status;
+use edgevisor_protocol::lifecycle::Status;
 use edgevisor_crds::{Device, Fleet, UpdateStatus};
 use edgevisor_e2e::Env;
 use edgevisor_e2e::gateway::{self, BootstrapToken, Gateway};

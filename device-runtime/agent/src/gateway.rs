@@ -13,7 +13,7 @@ use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 
 use super::credential::Credential;
-use crate::gateway_api::{DeviceReport, EnrollRequest, EnrollResponse, Target};
+use edgevisor_protocol::gateway::{DeviceReport, EnrollRequest, EnrollResponse, Target};
 
 /// A target (the state JSON inside) or an error body larger than this is refused.
 const MAX_BODY: usize = 8 << 20;
@@ -282,7 +282,7 @@ mod tests {
     }
 
     fn reqwest_client() -> reqwest::Client {
-        crate::agent::install_crypto_provider();
+        crate::install_crypto_provider();
         reqwest::Client::builder().build().unwrap()
     }
 }

@@ -61,6 +61,22 @@ impl Status {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("impossible lifecycle transition {from} -> {to}")]
+pub struct TransitionError {
+    pub from: Status,
+    pub to: Status,
+}
+
+/// Whether a revision whose recorded status is `from` (none yet: a new revision) may
+/// record `to`. Staying in a status (more progress of the same kind) is always allowed.
+pub fn check_transition(from: Option<Status>, to: Status) -> Result<(), TransitionError> {
+    match from {
+        Some(from) if from != to && !from.can_transition(to) => Err(TransitionError { from, to }),
+        _ => Ok(()),
+    }
+}
+
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = match self {
@@ -155,6 +171,16 @@ mod tests {
         assert!(!Testing.can_transition(Inprogress));
         assert!(!Done.can_transition(Testing));
         assert!(!Wontgo.can_transition(Error));
+    }
+
+    #[test]
+    fn impossible_transitions_are_errors() {
+        assert!(check_transition(None, Queued).is_ok());
+        assert!(check_transition(Some(Downloading), Downloading).is_ok());
+        assert!(check_transition(Some(Testing), Done).is_ok());
+        let e = check_transition(Some(Done), Testing).unwrap_err();
+        assert_eq!(e.to_string(), "impossible lifecycle transition DONE -> TESTING");
+        assert!(check_transition(Some(Wontgo), Error).is_err());
     }
 
     #[test]

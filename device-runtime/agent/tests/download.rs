@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use device_runtime::agent::registry::{Downloader, DownloaderConfig, Fetch, Source};
+use agent::registry::{Downloader, DownloaderConfig, Fetch, Source};
 use futures::StreamExt;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -202,7 +202,7 @@ fn hex_of(data: &[u8]) -> String {
 }
 
 fn downloader(spool: &std::path::Path) -> Downloader {
-    device_runtime::agent::install_crypto_provider();
+    agent::install_crypto_provider();
     let http = || {
         reqwest::Client::builder()
             .tls_certs_only(Vec::new())

@@ -23,14 +23,14 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tokio::task::JoinHandle;
 
-use self::backoff::Backoff;
-use self::credential::Credential;
-use self::gateway::{Gateway, GatewayError};
-use self::registry::{Downloader, DownloaderConfig, parse_docker_config};
-use self::report::{Reporter, committed_revision, containers_from_runtime, run_reporter};
-use self::update::{Ctx, Gate, Outcome, handle_target};
-use crate::client::Client;
-use crate::gateway_api::{EnrollRequest, MAX_WAIT_SECONDS, Target};
+use crate::backoff::Backoff;
+use crate::credential::Credential;
+use crate::gateway::{Gateway, GatewayError};
+use crate::registry::{Downloader, DownloaderConfig, parse_docker_config};
+use crate::report::{Reporter, committed_revision, containers_from_runtime, run_reporter};
+use crate::update::{Ctx, Gate, Outcome, handle_target};
+use device_runtime::client::Client;
+use edgevisor_protocol::gateway::{EnrollRequest, MAX_WAIT_SECONDS, Target};
 
 /// The edgevisor agent: connects this device to an edgevisor gateway. It enrolls once
 /// (with a bootstrap token), then long-polls the device's target revision, downloads
@@ -270,7 +270,7 @@ async fn watch_runtime(runtime: Client, reporter: Reporter, every: Duration) {
     let mut down = false;
     loop {
         let steps = runtime.steps().await;
-        let containers = runtime.get_json("/containers").await;
+        let containers = runtime.containers().await;
         match (steps, containers) {
             (Ok(s), Ok(c)) => {
                 if down {

@@ -437,11 +437,7 @@ pub fn parse_digest(d: &str) -> Option<&str> {
     is_sha256_hex(h).then_some(h)
 }
 
-pub fn is_sha256_hex(h: &str) -> bool {
-    h.len() == 64
-        && h.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
+pub use crate::digest::is_sha256_hex;
 
 pub fn valid_name(n: &str) -> bool {
     let b = n.as_bytes();
@@ -580,7 +576,7 @@ mod tests {
 
     #[test]
     fn committed_schema_matches_the_types() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/edgevisor-state@1.json");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/edgevisor-state@1.json");
         let generated = serde_json::to_string_pretty(&State::json_schema()).unwrap() + "\n";
         if std::env::var_os("UPDATE_SCHEMA").is_some() {
             std::fs::write(path, &generated).unwrap();
@@ -588,7 +584,7 @@ mod tests {
         let committed = std::fs::read_to_string(path).unwrap_or_default();
         assert_eq!(
             committed, generated,
-            "schema/edgevisor-state@1.json is stale: run UPDATE_SCHEMA=1 cargo test -p edgevisor-device-runtime"
+            "schema/edgevisor-state@1.json is stale: run UPDATE_SCHEMA=1 cargo test -p edgevisor-protocol"
         );
     }
 }

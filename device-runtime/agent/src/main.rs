@@ -1,11 +1,11 @@
 //! `agent`: the device's cloud client. Thin: parse args, set up logging, run
-//! [`device_runtime::agent::run`] until SIGTERM. Exits non-zero only when it cannot
+//! [`agent::run`] until SIGTERM. Exits non-zero only when it cannot
 //! start (bad flags, unreadable CA) or enrollment is refused.
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
 use clap::Parser;
-use device_runtime::agent::{AgentArgs, run};
+use agent::{AgentArgs, run};
 
 fn main() -> std::process::ExitCode {
     let args = AgentArgs::parse();

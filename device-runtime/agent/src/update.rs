@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hyper::StatusCode;
-use serde_json::Value;
+use edgevisor_protocol::control::{ErrorBody, Step};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -26,39 +26,10 @@ use super::registry::{Downloader, Fetch, Source};
 use super::report::{
     Reporter, committed_revision, containers_from_runtime, download_percent, update_from_progress,
 };
-use crate::client::{Client, ClientError};
-use crate::gateway_api::{BlobSource, Target, UpdateReport};
-use crate::lifecycle::{Progress, Status};
-use crate::state::{State, is_sha256_hex, parse_digest};
-
-/// One revision as `GET /steps` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    pub rev: String,
-    pub status: Option<Status>,
-    pub committed: bool,
-    pub running: bool,
-    pub trying: bool,
-}
-
-/// `GET /steps` → steps; entries without a name are skipped.
-pub fn parse_steps(v: &Value) -> Vec<Step> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| {
-                    Some(Step {
-                        rev: s["rev"].as_str()?.to_owned(),
-                        status: serde_json::from_value(s["status"].clone()).ok(),
-                        committed: s["committed"].as_bool() == Some(true),
-                        running: s["running"].as_bool() == Some(true),
-                        trying: s["trying"].as_bool() == Some(true),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use device_runtime::client::{Client, ClientError};
+use edgevisor_protocol::gateway::{BlobSource, Target, UpdateReport};
+use edgevisor_protocol::lifecycle::{Progress, Status};
+use edgevisor_protocol::state::{State, is_sha256_hex, parse_digest};
 
 /// What to do for a target revision, given what the runtime has.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,12 +88,14 @@ pub struct Needed {
     pub origin: Origin,
 }
 
-/// The `missing` list of a `WONTGO` answer of `PUT /steps/{rev}` (`sha256:<hex>` or hex).
-pub fn missing_objects(body: &Value) -> Option<Vec<String>> {
-    let list = body["missing"].as_array()?;
+/// The `missing` list of a `WONTGO` answer of `PUT /steps/{rev}`, as hex.
+pub fn missing_objects(body: &ErrorBody) -> Option<Vec<String>> {
+    if body.status != Some(Status::Wontgo) {
+        return None;
+    }
     Some(
-        list.iter()
-            .filter_map(Value::as_str)
+        body.missing
+            .iter()
             .map(|s| s.strip_prefix("sha256:").unwrap_or(s).to_owned())
             .collect(),
     )
@@ -369,7 +342,7 @@ async fn handle(ctx: &Ctx, target: &Target, gate: &Gate) -> Outcome {
             return Outcome::Cancelled;
         }
         let steps = match rt("list revisions", gate, || ctx.runtime.steps()).await {
-            Ok(v) => parse_steps(&v),
+            Ok(v) => v,
             Err(RtError::Cancelled) => return Outcome::Cancelled,
             Err(RtError::Api(e)) => {
                 tracing::error!("{rev}: the runtime refused to list revisions: {e}");
@@ -522,8 +495,7 @@ fn give_up(ctx: &Ctx, rev: &str, reason: String, bytes: (u64, u64), later: bool)
 }
 
 async fn read_progress(c: &Client, rev: &str) -> Option<Progress> {
-    let v = c.progress(rev).await.ok()?;
-    serde_json::from_value(v).ok()
+    c.progress(rev).await.ok()
 }
 
 /// Forwards the runtime's progress of `rev` until it rests. `before` is the progress
@@ -533,24 +505,20 @@ async fn follow(ctx: &Ctx, rev: &str, before: Option<Progress>, bytes: (u64, u64
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match ctx.runtime.progress(rev).await {
-            Ok(v) => {
+            Ok(p) => {
                 backoff.reset();
-                match serde_json::from_value::<Progress>(v) {
-                    // The try has not written its first progress yet.
-                    Ok(p)
-                        if before.as_ref() == Some(&p)
-                            && started.elapsed() < Duration::from_secs(10) => {}
-                    Ok(p) => {
-                        let rests = !p.status.is_active() && p.status != Status::Queued;
-                        if rests {
-                            tracing::info!("{rev}: {} {}", p.status, p.status_msg);
-                            report_rest(ctx, rev, Some(p.clone()), bytes).await;
-                            return Outcome::Finished(p.status);
-                        }
-                        ctx.reporter
-                            .set_update(update_from_progress(rev, &p, bytes));
+                // The try has not written its first progress yet.
+                let stale =
+                    before.as_ref() == Some(&p) && started.elapsed() < Duration::from_secs(10);
+                if !stale {
+                    let rests = !p.status.is_active() && p.status != Status::Queued;
+                    if rests {
+                        tracing::info!("{rev}: {} {}", p.status, p.status_msg);
+                        report_rest(ctx, rev, Some(p.clone()), bytes).await;
+                        return Outcome::Finished(p.status);
                     }
-                    Err(e) => tracing::debug!("{rev}: unreadable progress: {e}"),
+                    ctx.reporter
+                        .set_update(update_from_progress(rev, &p, bytes));
                 }
             }
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
@@ -583,7 +551,7 @@ async fn report_rest(ctx: &Ctx, rev: &str, p: Option<Progress>, bytes: (u64, u64
         None => simple_report(rev, Status::Done, "committed", bytes),
     };
     let steps = ctx.runtime.steps().await.ok();
-    let containers = ctx.runtime.get_json("/containers").await.ok();
+    let containers = ctx.runtime.containers().await.ok();
     ctx.reporter.update(|r| {
         if let Some(s) = &steps {
             r.current_revision = committed_revision(s);
@@ -715,15 +683,16 @@ async fn fetch_and_upload(ctx: &Ctx, f: Fetch, done: &AtomicU64) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn step(rev: &str, status: Status, committed: bool, running: bool) -> Step {
         Step {
             rev: rev.into(),
             status: Some(status),
+            status_msg: None,
             committed,
             running,
             trying: false,
+            factory: false,
         }
     }
 
@@ -768,22 +737,6 @@ mod tests {
     }
 
     #[test]
-    fn steps_are_parsed_leniently() {
-        let v = json!([
-            {"rev": "a", "status": "DONE", "committed": true, "running": true, "trying": false},
-            {"rev": "b", "status": null},
-            {"status": "DONE"},
-            {"rev": "c", "status": "WEIRD"},
-        ]);
-        let s = parse_steps(&v);
-        assert_eq!(s.len(), 3);
-        assert_eq!(s[0], step("a", Status::Done, true, true));
-        assert_eq!(s[1].status, None);
-        assert_eq!(s[2].status, None);
-        assert!(parse_steps(&json!({"error": "x"})).is_empty());
-    }
-
-    #[test]
     fn missing_objects_split_into_registry_blobs_and_gateway_files() {
         let h = |c: char| c.to_string().repeat(64);
         let blob = |c: char, size| BlobSource {
@@ -792,10 +745,12 @@ mod tests {
             registry: "http://127.0.0.1:5000".into(),
             repository: "team/app".into(),
         };
-        let body = json!({
-            "error": "WONTGO", "status": "WONTGO",
-            "missing": [format!("sha256:{}", h('a')), h('b'), format!("sha256:{}", h('a'))],
-        });
+        let body = ErrorBody {
+            error: "WONTGO".into(),
+            status: Some(Status::Wontgo),
+            missing: vec![format!("sha256:{}", h('a')), h('b'), format!("sha256:{}", h('a'))],
+            ..ErrorBody::default()
+        };
         let missing = missing_objects(&body).unwrap();
         let sizes: BTreeMap<String, u64> = [(h('a'), 10), (h('b'), 20), (h('c'), 30)].into();
         let n = needed_objects(&missing, &[blob('a', 10), blob('c', 30)], &sizes).unwrap();
@@ -810,7 +765,11 @@ mod tests {
         assert_eq!(n[0].size, 10);
         assert!(needed_objects(&[h('d')], &[], &sizes).is_err());
         assert!(needed_objects(&["../x".into()], &[], &sizes).is_err());
-        assert_eq!(missing_objects(&json!({"error": "bad"})), None);
+        let bad = ErrorBody {
+            error: "bad".into(),
+            ..ErrorBody::default()
+        };
+        assert_eq!(missing_objects(&bad), None);
     }
 
     #[test]

@@ -310,7 +310,7 @@ impl Downloader {
         f: &Fetch,
         progress: &AtomicU64,
     ) -> Result<PathBuf, DownloadError> {
-        if !crate::state::is_sha256_hex(&f.hex) {
+        if !edgevisor_protocol::state::is_sha256_hex(&f.hex) {
             return Err(fail(&f.hex, "not a sha256 digest"));
         }
         tokio::fs::create_dir_all(&self.cfg.spool_dir)

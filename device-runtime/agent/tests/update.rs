@@ -4,6 +4,7 @@
 //! that does not match its digest, and a blob the registry lacks.
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
@@ -13,13 +14,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use device_runtime::agent::credential::Credential;
-use device_runtime::agent::gateway::Gateway;
-use device_runtime::agent::registry::{Downloader, DownloaderConfig};
-use device_runtime::agent::report::Reporter;
-use device_runtime::agent::update::{Ctx, Gate, Outcome, handle_target};
-use device_runtime::gateway_api::{BlobSource, Target};
-use device_runtime::lifecycle::Status;
+use agent::credential::Credential;
+use agent::gateway::Gateway;
+use agent::registry::{Downloader, DownloaderConfig};
+use agent::report::Reporter;
+use agent::update::{Ctx, Gate, Outcome, handle_target};
+use edgevisor_protocol::gateway::{BlobSource, Target};
+use edgevisor_protocol::lifecycle::Status;
 use device_runtime::testkit;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -105,7 +106,7 @@ async fn targets_are_downloaded_installed_run_and_reported() {
         })
         .collect();
 
-    device_runtime::agent::install_crypto_provider();
+    agent::install_crypto_provider();
     let http = reqwest::Client::builder()
         .tls_certs_only(Vec::new())
         .build()

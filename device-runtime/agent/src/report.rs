@@ -9,16 +9,16 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use edgevisor_protocol::control::{self, Container, RunState, Step};
 use tokio::sync::watch;
 
 use super::backoff::Backoff;
 use super::credential::Credential;
 use super::gateway::{Gateway, GatewayError};
-use crate::gateway_api::{
+use edgevisor_protocol::gateway::{
     ContainerReport, DeviceReport, MAX_CONTAINERS, MAX_MESSAGE, UpdateReport, is_dns_label,
 };
-use crate::lifecycle::{Progress, Status};
+use edgevisor_protocol::lifecycle::{Progress, Status};
 
 /// How soon a changed report must go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,40 +109,25 @@ pub fn sanitize(mut r: DeviceReport) -> DeviceReport {
 /// `GET /containers` of the runtime → reports. `ready` is whether the container is at
 /// its goal (running; healthy or signalled ready when it has such a check; or a job that
 /// completed), which is what a user asks of "ready".
-pub fn containers_from_runtime(v: &Value) -> Vec<ContainerReport> {
-    let Some(list) = v.as_array() else {
-        return Vec::new();
-    };
+pub fn containers_from_runtime(list: &[Container]) -> Vec<ContainerReport> {
     let mut out: Vec<ContainerReport> = list
         .iter()
-        .filter_map(|c| {
-            let name = c["name"].as_str()?.to_owned();
-            let state = c["state"].as_str().unwrap_or("unknown").to_owned();
-            let running = state == "running";
-            let ready = c["completed"].as_bool() == Some(true)
-                || (running
-                    && match c["goal"].as_str() {
-                        Some("healthy") => c["healthy"].as_bool() == Some(true),
-                        Some("ready") => c["ready"].as_bool() == Some(true),
-                        _ => true,
-                    });
-            let exit_code = c["lastExit"].as_i64().and_then(|x| i32::try_from(x).ok());
-            let message = match (state.as_str(), exit_code) {
-                ("backoff", Some(code)) => Some(format!("exited with code {code}; restarting")),
-                ("exited", Some(code)) => Some(format!("exited with code {code}")),
+        .map(|c| {
+            let message = match (c.state, c.last_exit) {
+                (RunState::Backoff, Some(code)) => {
+                    Some(format!("exited with code {code}; restarting"))
+                }
+                (RunState::Exited, Some(code)) => Some(format!("exited with code {code}")),
                 _ => None,
             };
-            Some(ContainerReport {
-                name,
-                state,
-                ready,
-                restarts: c["restarts"]
-                    .as_u64()
-                    .map(|r| u32::try_from(r).unwrap_or(u32::MAX))
-                    .unwrap_or(0),
-                exit_code,
+            ContainerReport {
+                name: c.name.clone(),
+                state: c.state.to_string(),
+                ready: c.at_goal(),
+                restarts: c.restarts,
+                exit_code: c.last_exit,
                 message,
-            })
+            }
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -150,13 +135,8 @@ pub fn containers_from_runtime(v: &Value) -> Vec<ContainerReport> {
 }
 
 /// The committed revision in `GET /steps`.
-pub fn committed_revision(steps: &Value) -> Option<String> {
-    steps
-        .as_array()?
-        .iter()
-        .find(|s| s["committed"].as_bool() == Some(true))
-        .and_then(|s| s["rev"].as_str())
-        .map(str::to_owned)
+pub fn committed_revision(steps: &[Step]) -> Option<String> {
+    control::committed(steps).map(|s| s.rev.clone())
 }
 
 /// Overall progress while the agent downloads: the runtime's `DOWNLOADING` is 10 % and
@@ -446,18 +426,22 @@ mod tests {
 
     #[test]
     fn runtime_containers_map_to_reports() {
-        let v = json!([
-            {"name": "web", "state": "running", "restarts": 2, "goal": "running", "ready": false, "lastExit": null},
-            {"name": "db", "state": "running", "goal": "healthy", "healthy": null, "ready": false},
-            {"name": "sig", "state": "running", "goal": "ready", "ready": true},
-            {"name": "job", "state": "exited", "goal": "running", "completed": true, "lastExit": 0},
-            {"name": "crash", "state": "backoff", "goal": "running", "lastExit": 3, "restarts": 99999999999u64},
-            {"state": "running"},
-        ]);
-        let r = containers_from_runtime(&v);
+        use edgevisor_protocol::control::Goal;
+        let c = |name: &str, state, goal| Container::new(name, "r1", name, state, goal);
+        let mut web = c("web", RunState::Running, Goal::Running);
+        web.restarts = 2;
+        let db = c("db", RunState::Running, Goal::Healthy);
+        let mut sig = c("sig", RunState::Running, Goal::Ready);
+        sig.ready = true;
+        let mut job = c("job", RunState::Exited, Goal::Running);
+        (job.completed, job.last_exit) = (true, Some(0));
+        let mut crash = c("crash", RunState::Backoff, Goal::Running);
+        (crash.last_exit, crash.restarts) = (Some(3), u32::MAX);
+        let r = containers_from_runtime(&[web, db, sig, job, crash]);
         let by: std::collections::BTreeMap<_, _> = r.iter().map(|c| (c.name.as_str(), c)).collect();
         assert_eq!(r.len(), 5);
         assert!(by["web"].ready && by["web"].restarts == 2);
+        assert_eq!(by["web"].state, "running");
         assert!(!by["db"].ready);
         assert!(by["sig"].ready);
         assert!(by["job"].ready && by["job"].exit_code == Some(0));
@@ -467,14 +451,17 @@ mod tests {
             Some("exited with code 3; restarting")
         );
         assert_eq!(r[0].name, "crash", "sorted by name");
-        assert!(containers_from_runtime(&json!({"error": "x"})).is_empty());
     }
 
     #[test]
     fn committed_revision_and_download_percent() {
-        let steps = json!([{"rev": "a", "committed": false}, {"rev": "b", "committed": true}]);
+        let steps: Vec<Step> = serde_json::from_value(json!([
+            {"rev": "a", "committed": false},
+            {"rev": "b", "committed": true}
+        ]))
+        .unwrap();
         assert_eq!(committed_revision(&steps).as_deref(), Some("b"));
-        assert_eq!(committed_revision(&json!([])), None);
+        assert_eq!(committed_revision(&[]), None);
         assert_eq!(download_percent(0, 0), 10);
         assert_eq!(download_percent(0, 100), 10);
         assert_eq!(download_percent(50, 100), 24);

@@ -6,6 +6,7 @@
 //! credential. (The end-to-end tests against the real gateway live in `e2e/`.)
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
@@ -18,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use device_runtime::gateway_api::{
+use edgevisor_protocol::gateway::{
     BlobSource, DeviceReport, EnrollRequest, EnrollResponse, Target,
 };
-use device_runtime::lifecycle::Status;
+use edgevisor_protocol::lifecycle::Status;
 use device_runtime::testkit;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
