@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use edgevisor_protocol::state::{self, Descriptor, State};
 use edgevisor_crds::Architecture;
 use edgevisor_crds::fleet::{ContainerTemplate, DeviceTemplate, HealthCheck, RestartPolicy};
 use edgevisor_crds::fleet_revision::{ArchitectureState, Layer, ResolvedFile, ResolvedImage};
+use edgevisor_protocol::state::{self, Descriptor, State};
 use sha2::{Digest, Sha256};
 
 use crate::registry::PlatformImage;

@@ -12,8 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::Body;
 use crate::control::{
-    BuildInfo, Command, CommandAccepted, Container, ErrorBody, GcReport, Object, ObjectUpload,
-    Step,
+    BuildInfo, Command, CommandAccepted, Container, ErrorBody, GcReport, Object, ObjectUpload, Step,
 };
 use crate::lifecycle::Progress;
 

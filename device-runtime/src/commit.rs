@@ -9,7 +9,7 @@ use crate::lifecycle::{Progress, Status};
 use crate::store::Pointer;
 
 impl Daemon {
-    pub async fn commit(&self, rev: &str) {
+    pub async fn commit(self: &std::sync::Arc<Self>, rev: &str) {
         let result = (|| {
             self.store.set_pointer(Pointer::Committed, Some(rev))?;
             if self.store.pointer(Pointer::Factory).is_none() {

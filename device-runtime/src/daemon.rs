@@ -218,7 +218,7 @@ impl Daemon {
 
     /// Starts the committed revision, if there is one, without a test period: it
     /// already proved itself. Falls back to the factory revision if it cannot.
-    pub(crate) async fn start_committed(&self) {
+    pub(crate) async fn start_committed(self: &Arc<Self>) {
         let Some(rev) = self.store.pointer(crate::store::Pointer::Committed) else {
             return;
         };

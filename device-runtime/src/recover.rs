@@ -8,7 +8,7 @@ use crate::lifecycle::{Progress, Status};
 use crate::store::Pointer;
 
 impl Daemon {
-    pub async fn recover(&self) -> Result<(), crate::store::StoreError> {
+    pub async fn recover(self: &std::sync::Arc<Self>) -> Result<(), crate::store::StoreError> {
         let removed = self.store.recover()?;
         if !removed.is_empty() {
             tracing::info!(

@@ -6,7 +6,7 @@ use crate::daemon::Daemon;
 use crate::store::Pointer;
 
 impl Daemon {
-    pub async fn rollback(&self, rev: &str, reason: &str, logs: Vec<String>) {
+    pub async fn rollback(self: &std::sync::Arc<Self>, rev: &str, reason: &str, logs: Vec<String>) {
         tracing::warn!(rev, reason, "try failed, rolling back");
         self.stop_all().await;
         if let Err(e) = self.store.set_pointer(Pointer::Trying, None) {

@@ -76,8 +76,17 @@ pub fn judge(
 }
 
 impl Daemon {
-    /// Unpacks images and writes bundles; changes nothing that is running.
-    pub async fn prepare(self: &Daemon, rev: &str) -> Result<Vec<PreparedContainer>, RunError> {
+    /// Unpacks images and writes bundles; changes nothing that is running. All of it is
+    /// blocking filesystem work (an image may take seconds to unpack), so it runs on a
+    /// blocking thread: the control socket keeps answering meanwhile.
+    pub async fn prepare(self: &Arc<Self>, rev: &str) -> Result<Vec<PreparedContainer>, RunError> {
+        let (d, rev) = (self.clone(), rev.to_owned());
+        tokio::task::spawn_blocking(move || d.prepare_blocking(&rev))
+            .await
+            .map_err(|e| RunError::Other(format!("unpacking stopped: {e}")))?
+    }
+
+    fn prepare_blocking(&self, rev: &str) -> Result<Vec<PreparedContainer>, RunError> {
         let state = State::parse(&self.store.read_state(rev)?)?;
         match check_objects(self, &state) {
             Ok(()) => {}
@@ -173,7 +182,7 @@ impl Daemon {
     }
 
     /// The whole try; the caller holds the update slot.
-    pub async fn try_revision(&self, rev: &str) {
+    pub async fn try_revision(self: &Arc<Self>, rev: &str) {
         let started = Instant::now();
         let state = match self.store.read_state(rev).map(|b| State::parse(&b)) {
             Ok(Ok(s)) => s,

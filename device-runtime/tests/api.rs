@@ -495,7 +495,10 @@ async fn device_and_user_meta_round_trip() {
             .await
             .unwrap();
         assert_eq!(r.body.as_ref(), b"edge-1");
-        let all = c.get::<serde_json::Value>(&format!("/{kind}")).await.unwrap();
+        let all = c
+            .get::<serde_json::Value>(&format!("/{kind}"))
+            .await
+            .unwrap();
         assert_eq!(all, json!({"hostname": "edge-1"}));
         c.call(Method::DELETE, &format!("/{kind}/hostname"), "")
             .await
@@ -534,6 +537,10 @@ async fn socket_is_0660_and_a_second_runtime_cannot_share_the_storage() {
 }
 
 async fn c_ok(dev: &Device) {
-    let b = dev.client().get::<serde_json::Value>("/buildinfo").await.unwrap();
+    let b = dev
+        .client()
+        .get::<serde_json::Value>("/buildinfo")
+        .await
+        .unwrap();
     assert!(b["version"].is_string());
 }

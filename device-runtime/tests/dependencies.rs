@@ -8,7 +8,15 @@ use std::process::Command;
 pub fn normal_dependencies(package: &str) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["tree", "--locked", "--offline", "-e", "normal", "--prefix", "none"])
+        .args([
+            "tree",
+            "--locked",
+            "--offline",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
         .args(["--format", "{p}", "-p", package])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -27,7 +35,10 @@ pub fn normal_dependencies(package: &str) -> Vec<String> {
 #[test]
 fn the_runtime_has_no_tls_http_client_or_kubernetes() {
     let deps = normal_dependencies("edgevisor-device-runtime");
-    assert!(deps.iter().any(|d| d == "hyper"), "the tree was read: {deps:?}");
+    assert!(
+        deps.iter().any(|d| d == "hyper"),
+        "the tree was read: {deps:?}"
+    );
     for banned in [
         "reqwest",
         "rustls",

@@ -40,12 +40,7 @@ pub fn runtime_binary(env: &Env) -> PathBuf {
 
 /// The `agent` binary (built once), or `EDGEVISOR_AGENT_BIN`.
 pub fn agent_binary(env: &Env) -> PathBuf {
-    cargo_binary(
-        env,
-        "edgevisor-agent",
-        "agent",
-        "EDGEVISOR_AGENT_BIN",
-    )
+    cargo_binary(env, "edgevisor-agent", "agent", "EDGEVISOR_AGENT_BIN")
 }
 
 /// The `evctl` binary (built once), or `EDGEVISOR_EVCTL_BIN`.

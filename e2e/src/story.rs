@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, ensure};
 use edgevisor_crds::{Device, Fleet, UpdateStatus};
+use edgevisor_protocol::control::RunState;
+use edgevisor_protocol::lifecycle::Status;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use edgevisor_protocol::control::RunState;
-use edgevisor_protocol::lifecycle::Status;
 use tokio::task::JoinHandle;
 
 use crate::Env;

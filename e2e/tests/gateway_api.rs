@@ -4,15 +4,15 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use edgevisor_protocol::gateway::{
-    ContainerReport, DeviceReport, EnrollResponse, Target, UpdateReport,
-};
-use edgevisor_protocol::lifecycle::Status;
 use edgevisor_crds::{Device, FleetRevision, UpdateStatus};
 use edgevisor_e2e::Env;
 use edgevisor_e2e::gateway::{self, BootstrapToken, Gateway};
 use edgevisor_e2e::measure::wait_ready;
 use edgevisor_e2e::process::free_port;
+use edgevisor_protocol::gateway::{
+    ContainerReport, DeviceReport, EnrollResponse, Target, UpdateReport,
+};
+use edgevisor_protocol::lifecycle::Status;
 use futures::StreamExt;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};

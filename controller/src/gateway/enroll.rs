@@ -3,9 +3,9 @@
 //! `status.enrollment`, under its own field manager so status writes never drop it.
 use std::time::{Duration, Instant};
 
-use edgevisor_protocol::gateway::{EnrollRequest, EnrollResponse};
 use edgevisor_crds::device::Enrollment;
 use edgevisor_crds::{Architecture, Device, DeviceSpec};
+use edgevisor_protocol::gateway::{EnrollRequest, EnrollResponse};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;

@@ -1,9 +1,9 @@
 //! From what a device reports to what `Device.status` shows. Pure: the gateway calls these
 //! with the cached status and the time, and writes what they return.
-use edgevisor_protocol::gateway::{ContainerReport, DeviceReport};
 use edgevisor_crds::common::condition::{ONLINE, READY, UP_TO_DATE};
 use edgevisor_crds::device::{ContainerStatus, HistoryEntry, UpdateProgress};
 use edgevisor_crds::{DeviceStatus, UpdateStatus};
+use edgevisor_protocol::gateway::{ContainerReport, DeviceReport};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 

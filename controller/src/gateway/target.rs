@@ -2,8 +2,8 @@
 //! FleetRevision and the gateway's registry map.
 use std::collections::{BTreeMap, BTreeSet};
 
-use edgevisor_protocol::gateway::{BlobSource, Target};
 use edgevisor_crds::FleetRevision;
+use edgevisor_protocol::gateway::{BlobSource, Target};
 
 use crate::registry::Reference;
 

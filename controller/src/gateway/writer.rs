@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgevisor_protocol::gateway::DeviceReport;
 use edgevisor_crds::{Device, DeviceStatus};
+use edgevisor_protocol::gateway::DeviceReport;
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};

@@ -3,9 +3,9 @@
 //! start (bad flags, unreadable CA) or enrollment is refused.
 #![forbid(unsafe_code)]
 
+use agent::{AgentArgs, run};
 use anyhow::Context;
 use clap::Parser;
-use agent::{AgentArgs, run};
 
 fn main() -> std::process::ExitCode {
     let args = AgentArgs::parse();

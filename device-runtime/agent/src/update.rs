@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use edgevisor_protocol::control::{ErrorBody, Step};
 use futures::StreamExt;
 use hyper::StatusCode;
-use edgevisor_protocol::control::{ErrorBody, Step};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -748,7 +748,11 @@ mod tests {
         let body = ErrorBody {
             error: "WONTGO".into(),
             status: Some(Status::Wontgo),
-            missing: vec![format!("sha256:{}", h('a')), h('b'), format!("sha256:{}", h('a'))],
+            missing: vec![
+                format!("sha256:{}", h('a')),
+                h('b'),
+                format!("sha256:{}", h('a')),
+            ],
             ..ErrorBody::default()
         };
         let missing = missing_objects(&body).unwrap();

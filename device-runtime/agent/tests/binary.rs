@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
+use device_runtime::testkit;
 use edgevisor_protocol::gateway::{
     BlobSource, DeviceReport, EnrollRequest, EnrollResponse, Target,
 };
 use edgevisor_protocol::lifecycle::Status;
-use device_runtime::testkit;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;

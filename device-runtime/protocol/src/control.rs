@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::digest::Digest;
 use crate::digest;
+pub use crate::digest::Digest;
 use crate::lifecycle::Status;
 
 /// One revision as `GET /steps` lists it.

@@ -179,7 +179,10 @@ mod tests {
         assert!(check_transition(Some(Downloading), Downloading).is_ok());
         assert!(check_transition(Some(Testing), Done).is_ok());
         let e = check_transition(Some(Done), Testing).unwrap_err();
-        assert_eq!(e.to_string(), "impossible lifecycle transition DONE -> TESTING");
+        assert_eq!(
+            e.to_string(),
+            "impossible lifecycle transition DONE -> TESTING"
+        );
         assert!(check_transition(Some(Wontgo), Error).is_err());
     }
 

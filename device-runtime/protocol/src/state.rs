@@ -576,7 +576,10 @@ mod tests {
 
     #[test]
     fn committed_schema_matches_the_types() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/edgevisor-state@1.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../schema/edgevisor-state@1.json"
+        );
         let generated = serde_json::to_string_pretty(&State::json_schema()).unwrap() + "\n";
         if std::env::var_os("UPDATE_SCHEMA").is_some() {
             std::fs::write(path, &generated).unwrap();

@@ -5,8 +5,14 @@ use crate::control::{Command, CommandAccepted};
 
 pub(super) async fn post(d: &Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
     let body = read_body(req, MAX_SMALL_BODY).await?;
-    let cmd: Command = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad command: {e}")))?;
+    let cmd: Command = serde_json::from_slice(&body).map_err(|e| {
+        let e = e.to_string();
+        let msg = match e.strip_prefix("unknown variant ") {
+            Some(rest) => format!("unknown op {rest}"),
+            None => format!("bad command: {e}"),
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, msg)
+    })?;
     match cmd {
         Command::Run(rev) => {
             check_rev(&rev)?;

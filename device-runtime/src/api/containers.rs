@@ -1,7 +1,9 @@
 //! `/containers` and `/signal`: the running revision's containers.
 
 use super::*;
-use crate::control::{ContainerAction, ContainerActionBody, ContainerActionDone, Signal, Signalled};
+use crate::control::{
+    ContainerAction, ContainerActionBody, ContainerActionDone, Signal, Signalled,
+};
 use crate::state::valid_name;
 
 pub(super) async fn action(d: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> ApiResult {

@@ -24,7 +24,10 @@ pub(super) async fn key(
         Method::PUT => {
             let body = read_body(req, MAX_SMALL_BODY).await?;
             d.store.meta_put(kind, key, &body)?;
-            Ok(json_response(StatusCode::OK, &MetaWritten { key: key.into() }))
+            Ok(json_response(
+                StatusCode::OK,
+                &MetaWritten { key: key.into() },
+            ))
         }
         _ => {
             d.store.meta_delete(kind, key)?;

@@ -32,9 +32,9 @@ mod objects;
 mod steps;
 
 pub use caller::{Caller, classify};
+use caller::{authorize, identify};
 pub(crate) use objects::file_frames;
 pub use objects::parse_content_range;
-use caller::{authorize, identify};
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -343,3 +343,6 @@ mod tests {
         assert_eq!(route("GET", "/steps/"), Err(false));
     }
 }
+
+#[cfg(test)]
+mod in_process;

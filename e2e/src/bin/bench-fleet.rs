@@ -9,10 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use edgevisor_protocol::gateway::{
-    ContainerReport, DeviceReport, EnrollRequest, EnrollResponse, Target, UpdateReport,
-};
-use edgevisor_protocol::lifecycle::Status;
 use edgevisor_crds::{Device, Fleet, UpdateStatus};
 use edgevisor_e2e::Env;
 use edgevisor_e2e::gateway::{self, BootstrapToken, Gateway};
@@ -21,6 +17,10 @@ use edgevisor_e2e::measure::{
     wait_ready,
 };
 use edgevisor_e2e::process::free_port;
+use edgevisor_protocol::gateway::{
+    ContainerReport, DeviceReport, EnrollRequest, EnrollResponse, Target, UpdateReport,
+};
+use edgevisor_protocol::lifecycle::Status;
 use futures::{StreamExt, TryStreamExt};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
