@@ -13,8 +13,10 @@ pub mod credential;
 pub mod gateway;
 pub mod registry;
 pub mod report;
+pub mod schedule;
 pub mod update;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +30,7 @@ use crate::credential::Credential;
 use crate::gateway::{Gateway, GatewayError};
 use crate::registry::{Downloader, DownloaderConfig, parse_docker_config};
 use crate::report::{Reporter, committed_revision, containers_from_runtime, run_reporter};
+use crate::schedule::{Action, Ended, Schedule};
 use crate::update::{Ctx, Gate, Outcome, handle_target};
 use device_runtime::client::Client;
 use edgevisor_protocol::gateway::{EnrollRequest, MAX_WAIT_SECONDS, Target};
@@ -307,45 +310,129 @@ async fn poll_target(
     gw.target(&cred, known.as_deref(), wait).await
 }
 
-struct Current {
-    target: Target,
+/// The update task of the current target.
+struct Task {
     gate: Arc<Gate>,
     handle: JoinHandle<Outcome>,
 }
 
-fn start(ctx: &Arc<Ctx>, target: Target) -> Current {
+fn start(ctx: &Arc<Ctx>, target: Target) -> Task {
     tracing::info!("handling target {}", target.revision);
     let gate = Arc::new(Gate::default());
-    let handle = tokio::spawn(handle_target(ctx.clone(), target.clone(), gate.clone()));
-    Current {
-        target,
-        gate,
-        handle,
-    }
+    let handle = tokio::spawn(handle_target(ctx.clone(), target, gate.clone()));
+    Task { gate, handle }
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
+/// The agent: enroll, then serve targets until `shutdown` resolves.
+pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
+    tokio::pin!(shutdown);
+    let wait = Duration::from_secs(args.wait_seconds);
+    let (ctx, gw, cred) = tokio::select! {
+        c = setup(&args, wait) => c?,
+        _ = &mut shutdown => return Ok(()),
     };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut schedule = Schedule::default();
+    let mut task: Option<Task> = None;
+    let mut known: Option<String> = None;
+    let mut net_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut refused_backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
+    let mut poll = Box::pin(poll_target(
+        gw.clone(),
+        cred.clone(),
+        None,
+        wait,
+        Duration::ZERO,
+    ));
+    loop {
+        let action = tokio::select! {
+            res = &mut poll => {
+                let mut delay = Duration::ZERO;
+                let mut action = Action::Nothing;
+                match res {
+                    Ok(found) => {
+                        net_backoff.reset();
+                        refused_backoff.reset();
+                        if let Some(t) = found {
+                            known = Some(t.revision.clone());
+                            action = schedule.on_target(t);
+                        }
+                    }
+                    Err(GatewayError::Refused { status, message }) => {
+                        delay = refused_backoff.next_delay();
+                        tracing::error!(
+                            "credential refused: revoked or device deleted ({status}: {message}); \
+                             asking again in {delay:?}"
+                        );
+                    }
+                    Err(GatewayError::Rejected { status, message }) => {
+                        delay = refused_backoff.next_delay();
+                        tracing::error!(
+                            "the gateway rejected the target request ({status}: {message}); \
+                             asking again in {delay:?}"
+                        );
+                    }
+                    Err(GatewayError::Transient(e)) => {
+                        delay = net_backoff.next_delay();
+                        tracing::warn!("target long-poll failed: {e}; retrying in {delay:?}");
+                    }
+                }
+                poll = Box::pin(poll_target(gw.clone(), cred.clone(), known.clone(), wait, delay));
+                action
+            }
+            out = async {
+                match task.as_mut() {
+                    Some(t) => (&mut t.handle).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                task = None;
+                let rev = schedule.current().unwrap_or_default().to_owned();
+                let ended = match out {
+                    Ok(Outcome::Finished(st)) => {
+                        tracing::info!("{rev}: {st}");
+                        Ended::Finished
+                    }
+                    Ok(Outcome::Cancelled) => Ended::Cancelled,
+                    Ok(Outcome::RetryLater(d)) => Ended::RetryAfter(d),
+                    Err(e) => {
+                        tracing::error!("{rev}: the update task failed: {e}");
+                        Ended::RetryAfter(ctx.retry_later)
+                    }
+                };
+                schedule.on_outcome(ended, std::time::Instant::now())
+            }
+            _ = async {
+                match schedule.retry_at() {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => schedule.on_retry_due(),
+            _ = &mut shutdown => {
+                tracing::info!("stopping (a try in progress goes on in the runtime)");
+                return Ok(());
+            }
+        };
+        match action {
+            Action::Nothing => {}
+            Action::Start(t) => task = Some(start(&ctx, t)),
+            Action::Supersede { current, next } => {
+                if task.as_ref().is_some_and(|t| t.gate.cancel()) {
+                    tracing::info!("target changed to {next} while preparing {current}: switching");
+                } else {
+                    tracing::info!("target changed to {next}; handling it once {current} rests");
+                }
+            }
+        }
     }
 }
 
-/// The agent: enroll, then serve targets until SIGTERM.
-pub async fn run(args: AgentArgs) -> Result<()> {
+/// Everything the loop needs: the clients, the credential (enrolling if need be) and
+/// the background reporters.
+async fn setup(args: &AgentArgs, wait: Duration) -> Result<(Arc<Ctx>, Gateway, Credential)> {
     let ca = match &args.ca_cert {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("--ca-cert {}", p.display()))?),
         None => None,
     };
-    let wait = Duration::from_secs(args.wait_seconds);
     let (gateway_http, registry_http) = http_clients(
         ca.as_deref(),
         (wait + Duration::from_secs(30)).max(Duration::from_secs(60)),
@@ -361,11 +448,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         }
         None => Default::default(),
     };
-    let cred = tokio::select! {
-        c = credential(&args, &gw) => c?,
-        _ = shutdown_signal() => return Ok(()),
-    };
-
+    let cred = credential(args, &gw).await?;
     let runtime = Client::new(&args.runtime_socket);
     let (reporter, report_rx) = Reporter::new();
     let ctx = Arc::new(Ctx {
@@ -396,124 +479,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         reporter,
         Duration::from_secs(args.container_check_seconds),
     ));
-
-    let mut known: Option<String> = None;
-    let mut current: Option<Current> = None;
-    let mut pending: Option<Target> = None;
-    let mut retry: Option<(tokio::time::Instant, Target)> = None;
-    let mut net_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    let mut refused_backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
-    let mut poll = Box::pin(poll_target(
-        gw.clone(),
-        cred.clone(),
-        None,
-        wait,
-        Duration::ZERO,
-    ));
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            res = &mut poll => {
-                let mut delay = Duration::ZERO;
-                match res {
-                    Ok(Some(t)) => {
-                        net_backoff.reset();
-                        refused_backoff.reset();
-                        known = Some(t.revision.clone());
-                        retry = None;
-                        match &current {
-                            Some(c) if c.target.revision == t.revision => {}
-                            Some(c) => {
-                                if c.gate.cancel() {
-                                    tracing::info!(
-                                        "target changed to {} while preparing {}: switching",
-                                        t.revision, c.target.revision
-                                    );
-                                } else {
-                                    tracing::info!(
-                                        "target changed to {}; handling it once {} rests",
-                                        t.revision, c.target.revision
-                                    );
-                                }
-                                pending = Some(t);
-                            }
-                            None => current = Some(start(&ctx, t)),
-                        }
-                    }
-                    Ok(None) => {
-                        net_backoff.reset();
-                        refused_backoff.reset();
-                    }
-                    Err(GatewayError::Refused { status, message }) => {
-                        delay = refused_backoff.next_delay();
-                        tracing::error!(
-                            "credential refused: revoked or device deleted ({status}: {message}); \
-                             asking again in {delay:?}"
-                        );
-                    }
-                    Err(GatewayError::Rejected { status, message }) => {
-                        delay = refused_backoff.next_delay();
-                        tracing::error!(
-                            "the gateway rejected the target request ({status}: {message}); \
-                             asking again in {delay:?}"
-                        );
-                    }
-                    Err(GatewayError::Transient(e)) => {
-                        delay = net_backoff.next_delay();
-                        tracing::warn!("target long-poll failed: {e}; retrying in {delay:?}");
-                    }
-                }
-                poll = Box::pin(poll_target(gw.clone(), cred.clone(), known.clone(), wait, delay));
-            }
-            out = async {
-                match current.as_mut() {
-                    Some(c) => (&mut c.handle).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let Some(done) = current.take() else { continue };
-                let rev = done.target.revision.clone();
-                let later = match out {
-                    Ok(Outcome::Finished(st)) => {
-                        tracing::info!("{rev}: {st}");
-                        None
-                    }
-                    Ok(Outcome::Cancelled) => None,
-                    Ok(Outcome::RetryLater(d)) => Some(d),
-                    Err(e) => {
-                        tracing::error!("{rev}: the update task failed: {e}");
-                        Some(ctx.retry_later)
-                    }
-                };
-                match pending.take() {
-                    Some(t) => current = Some(start(&ctx, t)),
-                    None => {
-                        if let Some(d) = later {
-                            retry = Some((tokio::time::Instant::now() + d, done.target));
-                        }
-                    }
-                }
-            }
-            _ = async {
-                match &retry {
-                    Some((at, _)) => tokio::time::sleep_until(*at).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if let Some((_, t)) = retry.take() {
-                    match &current {
-                        None => current = Some(start(&ctx, t)),
-                        Some(_) => { pending.get_or_insert(t); }
-                    }
-                }
-            }
-            _ = &mut shutdown => {
-                tracing::info!("stopping (a try in progress goes on in the runtime)");
-                return Ok(());
-            }
-        }
-    }
+    Ok((ctx, gw, cred))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .context("tokio runtime")
-        .and_then(|rt| rt.block_on(run(args)));
+        .and_then(|rt| rt.block_on(run(args, device_runtime::signals::terminated())));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

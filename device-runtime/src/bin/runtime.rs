@@ -87,15 +87,7 @@ async fn run(args: RuntimeArgs) -> Result<()> {
         std::os::unix::fs::chown(&socket, None, Some(gid))?;
     }
     tracing::info!(socket = %socket.display(), storage = %d.store.root().display(), "serving");
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-    };
-    device_runtime::api::serve(listener, d.clone(), shutdown).await;
+    device_runtime::api::serve(listener, d.clone(), device_runtime::signals::terminated()).await;
     tracing::info!("shutting down, stopping containers");
     d.stop_all().await;
     let _ = std::fs::remove_file(&socket);
