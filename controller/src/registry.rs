@@ -7,11 +7,19 @@
 //! and is size-capped, since a registry is outside input like any other.
 //!
 //! Authentication follows the registry's challenge: anonymous first, then `Basic` with the
-//! credentials of a docker-config, or `Bearer` with a token from the challenge's realm.
+//! credentials of a docker-config, or `Bearer` with a token from the challenge's realm. A
+//! token is kept until shortly before it expires and used for every request of its scope,
+//! so resolving an image costs one token request, not one per document. The parsing of
+//! configs, challenges and token answers is the protocol crate's, shared with the agent.
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use base64::Engine;
 use edgevisor_crds::Architecture;
+use edgevisor_protocol::registry_auth::{
+    Challenge, normalize_host, parse_challenge, token_from_answer,
+};
+pub use edgevisor_protocol::registry_auth::{Credentials, parse_docker_config};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -189,61 +197,6 @@ pub fn architecture_of(
     })
 }
 
-/// Credentials for one registry host.
-#[derive(Clone, Debug)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-/// Reads the `auths` of a docker-config JSON (`.dockerconfigjson`) into credentials per host.
-pub fn parse_docker_config(json: &[u8]) -> Result<HashMap<String, Credentials>, String> {
-    #[derive(Deserialize)]
-    struct Config {
-        #[serde(default)]
-        auths: HashMap<String, Auth>,
-    }
-    #[derive(Deserialize)]
-    struct Auth {
-        auth: Option<String>,
-        username: Option<String>,
-        password: Option<String>,
-    }
-    let config: Config =
-        serde_json::from_slice(json).map_err(|e| format!("not a docker config: {e}"))?;
-    let mut out = HashMap::new();
-    for (host, auth) in config.auths {
-        let host = host
-            .trim_start_matches("https://")
-            .trim_start_matches("http://");
-        let host = host.split('/').next().unwrap_or_default().to_string();
-        let credentials = match (auth.auth, auth.username, auth.password) {
-            (Some(encoded), _, _) => {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(encoded.trim())
-                    .map_err(|_| format!("auth of {host} is not base64"))?;
-                let text = String::from_utf8(decoded)
-                    .map_err(|_| format!("auth of {host} is not UTF-8"))?;
-                let (username, password) = text
-                    .split_once(':')
-                    .ok_or_else(|| format!("auth of {host} is not user:password"))?;
-                Credentials {
-                    username: username.into(),
-                    password: password.into(),
-                }
-            }
-            (None, Some(username), Some(password)) => Credentials { username, password },
-            _ => {
-                return Err(format!(
-                    "auths.{host} has neither auth nor username and password"
-                ));
-            }
-        };
-        out.insert(host, credentials);
-    }
-    Ok(out)
-}
-
 /// A read-only client of OCI registries.
 #[derive(Clone)]
 pub struct Registry {
@@ -251,7 +204,14 @@ pub struct Registry {
     /// Hosts spoken to over plain HTTP.
     insecure: Vec<String>,
     credentials: HashMap<String, Credentials>,
+    tokens: Arc<Mutex<TokenCache>>,
 }
+
+/// `Authorization` values by (registry, repository), with when they stop being used.
+type TokenCache = HashMap<(String, String), (String, Instant)>;
+
+/// A token is dropped this long before its expiry, so it never expires mid-request.
+const TOKEN_MARGIN: Duration = Duration::from_secs(10);
 
 impl Registry {
     /// A client; `insecure` lists `host[:port]`s served over plain HTTP.
@@ -268,13 +228,25 @@ impl Registry {
             http,
             insecure,
             credentials,
+            tokens: Arc::default(),
         })
     }
 
     /// Replaces the credentials (when their Secret changes).
     pub fn with_credentials(mut self, credentials: HashMap<String, Credentials>) -> Self {
         self.credentials = credentials;
+        self.tokens = Arc::default();
         self
+    }
+
+    fn token_key(r: &Reference) -> (String, String) {
+        (normalize_host(&r.registry), r.repository.clone())
+    }
+
+    fn cached_token(&self, r: &Reference) -> Option<String> {
+        let tokens = self.tokens.lock().ok()?;
+        let (value, until) = tokens.get(&Self::token_key(r))?;
+        (Instant::now() < *until).then(|| value.clone())
     }
 
     fn base(&self, host: &str) -> String {
@@ -405,15 +377,18 @@ impl Registry {
             url: url.into(),
             source,
         };
-        let mut auth: Option<String> = None;
-        for _attempt in 0..2 {
+        let mut auth: Option<String> = self.cached_token(r);
+        let mut fresh = auth.is_none();
+        for _attempt in 0..3 {
             let mut request = self.http.get(url).header(reqwest::header::ACCEPT, accept);
             if let Some(value) = &auth {
                 request = request.header(reqwest::header::AUTHORIZATION, value);
             }
             let mut response = request.send().await.map_err(http_err)?;
             let status = response.status();
-            if status == reqwest::StatusCode::UNAUTHORIZED && auth.is_none() {
+            // A first 401, or one with a cached token that the registry no longer takes:
+            // answer the challenge (once).
+            if status == reqwest::StatusCode::UNAUTHORIZED && (auth.is_none() || !fresh) {
                 let challenge = response
                     .headers()
                     .get(reqwest::header::WWW_AUTHENTICATE)
@@ -421,6 +396,7 @@ impl Registry {
                     .unwrap_or_default()
                     .to_string();
                 auth = Some(self.authorize(image, r, &challenge).await?);
+                fresh = true;
                 continue;
             }
             if !status.is_success() {
@@ -461,55 +437,46 @@ impl Registry {
         })
     }
 
-    /// The `Authorization` value a challenge asks for.
+    /// The `Authorization` value a challenge asks for; a Bearer token is cached.
     async fn authorize(
         &self,
         image: &str,
         r: &Reference,
         challenge: &str,
     ) -> Result<String, RegistryError> {
-        let credentials = self.credentials.get(&r.registry);
-        let basic = credentials.map(|c| {
-            let raw = format!("{}:{}", c.username, c.password);
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(raw)
-            )
-        });
-        let Some(params) = challenge.strip_prefix("Bearer ") else {
-            return basic.ok_or_else(|| RegistryError::Status {
-                image: image.into(),
-                url: r.registry.clone(),
-                status: 401,
-                body: "the registry wants credentials; name a docker-config Secret with --registry-secret".into(),
-            });
-        };
-        let params = parse_challenge(params);
-        let realm = params.get("realm").ok_or_else(|| RegistryError::Invalid {
+        let basic = self
+            .credentials
+            .get(&normalize_host(&r.registry))
+            .map(|c| c.basic_header().to_owned());
+        let refused = |url: &str, body: &str| RegistryError::Status {
             image: image.into(),
-            what: "bearer challenge without realm".into(),
-        })?;
-        let scope = params
-            .get("scope")
-            .cloned()
-            .unwrap_or_else(|| format!("repository:{}:pull", r.repository));
-        let mut request = self.http.get(realm).query(&[("scope", scope.as_str())]);
-        if let Some(service) = params.get("service") {
-            request = request.query(&[("service", service.as_str())]);
-        }
+            url: url.into(),
+            status: 401,
+            body: body.into(),
+        };
+        let challenge = parse_challenge(challenge);
+        let (realm, query) = match &challenge {
+            Some(c @ Challenge::Bearer { .. }) => c.token_query(&r.repository).unwrap_or_default(),
+            Some(Challenge::Basic) => {
+                return basic.ok_or_else(|| {
+                    refused(
+                        &r.registry,
+                        "the registry wants credentials; name a docker-config Secret with --registry-secret",
+                    )
+                });
+            }
+            None => return Err(refused(&r.registry, "401 without a usable challenge")),
+        };
+        let mut request = self.http.get(&realm).query(&query);
         if let Some(value) = basic {
             request = request.header(reqwest::header::AUTHORIZATION, value);
         }
-        #[derive(Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
-        let response = request.send().await.map_err(|source| RegistryError::Http {
+        let http_err = |source| RegistryError::Http {
             image: image.into(),
             url: realm.clone(),
             source,
-        })?;
+        };
+        let response = request.send().await.map_err(http_err)?;
         if !response.status().is_success() {
             return Err(RegistryError::Status {
                 image: image.into(),
@@ -518,22 +485,18 @@ impl Registry {
                 body: "token request refused".into(),
             });
         }
-        let token: Token = response
-            .json()
-            .await
-            .map_err(|source| RegistryError::Http {
-                image: image.into(),
-                url: realm.clone(),
-                source,
-            })?;
-        let token = token
-            .token
-            .or(token.access_token)
-            .ok_or_else(|| RegistryError::Invalid {
-                image: image.into(),
-                what: "token response without token".into(),
-            })?;
-        Ok(format!("Bearer {token}"))
+        let body = response.bytes().await.map_err(http_err)?;
+        let token = token_from_answer(&body).ok_or_else(|| RegistryError::Invalid {
+            image: image.into(),
+            what: "token response without token".into(),
+        })?;
+        let value = format!("Bearer {}", token.token);
+        let until =
+            Instant::now() + Duration::from_secs(token.expires_in).saturating_sub(TOKEN_MARGIN);
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.insert(Self::token_key(r), (value.clone(), until));
+        }
+        Ok(value)
     }
 }
 
@@ -573,29 +536,6 @@ fn platform_image(
         config,
         layers: manifest.layers,
     })
-}
-
-/// `realm="https://auth",service="registry",scope="repository:x:pull"` → map.
-fn parse_challenge(params: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    let mut rest = params.trim();
-    while let Some((key, after)) = rest.split_once('=') {
-        let key = key.trim().trim_start_matches(',').trim().to_string();
-        let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
-            match quoted.split_once('"') {
-                Some((v, r)) => (v.to_string(), r),
-                None => (quoted.to_string(), ""),
-            }
-        } else {
-            match after.split_once(',') {
-                Some((v, r)) => (v.to_string(), r),
-                None => (after.to_string(), ""),
-            }
-        };
-        out.insert(key, value);
-        rest = remaining.trim_start_matches(',').trim();
-    }
-    out
 }
 
 #[cfg(test)]
@@ -640,29 +580,5 @@ mod tests {
         );
         assert_eq!(architecture_of("windows", "amd64", None), None);
         assert_eq!(architecture_of("unknown", "unknown", None), None);
-    }
-
-    #[test]
-    fn docker_configs_give_credentials_per_host() {
-        let auth = base64::engine::general_purpose::STANDARD.encode("bot:s3cret");
-        let json = format!(
-            r#"{{"auths":{{"https://reg.example.com/v1/":{{"auth":"{auth}"}},"other:5000":{{"username":"u","password":"p"}}}}}}"#
-        );
-        let creds = parse_docker_config(json.as_bytes()).unwrap();
-        assert_eq!(creds["reg.example.com"].username, "bot");
-        assert_eq!(creds["reg.example.com"].password, "s3cret");
-        assert_eq!(creds["other:5000"].password, "p");
-        assert!(parse_docker_config(br#"{"auths":{"x":{"auth":"%%%"}}}"#).is_err());
-        assert!(parse_docker_config(b"not json").is_err());
-    }
-
-    #[test]
-    fn bearer_challenges_parse() {
-        let p = parse_challenge(
-            r#"realm="https://auth.example.com/token",service="registry.example.com",scope="repository:app:pull""#,
-        );
-        assert_eq!(p["realm"], "https://auth.example.com/token");
-        assert_eq!(p["service"], "registry.example.com");
-        assert_eq!(p["scope"], "repository:app:pull");
     }
 }

@@ -178,12 +178,17 @@ pub struct Pushed {
 }
 
 /// A client of the test registry (plain HTTP on loopback).
+enum PushAuth {
+    Basic(String, String),
+    Bearer(String),
+}
+
 pub struct Registry {
     host: String,
     base: String,
     http: reqwest::Client,
-    /// `user:password` for registries that require it (Basic).
-    auth: Option<(String, String)>,
+    /// What registries that require it get: `user:password` (Basic) or a token (Bearer).
+    auth: Option<PushAuth>,
 }
 
 impl Registry {
@@ -206,14 +211,21 @@ impl Registry {
 
     /// The same client, sending these credentials.
     pub fn with_basic_auth(mut self, user: &str, password: &str) -> Self {
-        self.auth = Some((user.to_string(), password.to_string()));
+        self.auth = Some(PushAuth::Basic(user.to_string(), password.to_string()));
+        self
+    }
+
+    /// The same client, sending this Bearer token.
+    pub fn with_bearer_token(mut self, token: &str) -> Self {
+        self.auth = Some(PushAuth::Bearer(token.to_string()));
         self
     }
 
     fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
         let request = self.http.request(method, url);
         match &self.auth {
-            Some((user, password)) => request.basic_auth(user, Some(password)),
+            Some(PushAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            Some(PushAuth::Bearer(token)) => request.bearer_auth(token),
             None => request,
         }
     }

@@ -26,6 +26,7 @@ pub mod process;
 pub mod release;
 pub mod story;
 pub mod tls;
+pub mod token_registry;
 
 /// The running test environment.
 pub struct Env {

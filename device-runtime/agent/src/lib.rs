@@ -28,12 +28,13 @@ use tokio::task::JoinHandle;
 use crate::backoff::Backoff;
 use crate::credential::Credential;
 use crate::gateway::{Gateway, GatewayError};
-use crate::registry::{Downloader, DownloaderConfig, parse_docker_config};
+use crate::registry::{Downloader, DownloaderConfig};
 use crate::report::{Reporter, committed_revision, containers_from_runtime, run_reporter};
 use crate::schedule::{Action, Ended, Schedule};
 use crate::update::{Ctx, Gate, Outcome, handle_target};
 use device_runtime::client::Client;
 use edgevisor_protocol::gateway::{EnrollRequest, MAX_WAIT_SECONDS, Target};
+use edgevisor_protocol::registry_auth::parse_docker_config;
 
 /// The edgevisor agent: connects this device to an edgevisor gateway. It enrolls once
 /// (with a bootstrap token), then long-polls the device's target revision, downloads

@@ -25,7 +25,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use base64::Engine;
+use edgevisor_protocol::registry_auth::{
+    Challenge, Credentials, parse_challenge, token_from_answer,
+};
 use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, RANGE, WWW_AUTHENTICATE};
 use reqwest::{StatusCode, Url};
 use sha2::{Digest, Sha256};
@@ -63,95 +65,6 @@ pub struct DownloadError {
     pub retry: bool,
 }
 
-/// A registry's `WWW-Authenticate` challenge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Challenge {
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-    },
-    Basic,
-}
-
-/// Parses `Bearer realm="…",service="…",scope="…"` (or `Basic realm="…"`). Quoted values
-/// may hold commas (`scope="repository:a:pull,push"`) and backslash escapes. `None` for
-/// other schemes and for a Bearer challenge without a realm.
-pub fn parse_challenge(header: &str) -> Option<Challenge> {
-    let header = header.trim();
-    let (scheme, rest) = header
-        .split_once(|c: char| c.is_ascii_whitespace())
-        .unwrap_or((header, ""));
-    if scheme.eq_ignore_ascii_case("basic") {
-        return Some(Challenge::Basic);
-    }
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let params = parse_params(rest);
-    let get = |k: &str| {
-        params
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.clone())
-    };
-    Some(Challenge::Bearer {
-        realm: get("realm").filter(|r| !r.is_empty())?,
-        service: get("service"),
-        scope: get("scope"),
-    })
-}
-
-/// `k1="v, 1", k2=v2` → pairs; malformed pieces are skipped, never a panic.
-fn parse_params(s: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace() || *c == ',').is_some() {}
-        let mut key = String::new();
-        while let Some(c) = chars.next_if(|c| *c != '=' && *c != ',') {
-            key.push(c);
-        }
-        if chars.next_if_eq(&'=').is_none() {
-            if chars.peek().is_none() {
-                return out;
-            }
-            continue;
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if_eq(&'"').is_some() {
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => value.extend(chars.next()),
-                    '"' => break,
-                    c => value.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| *c != ',') {
-                value.push(c);
-            }
-            value = value.trim().to_owned();
-        }
-        let key = key.trim();
-        if !key.is_empty() {
-            out.push((key.to_owned(), value));
-        }
-    }
-}
-
-/// `https://host:5000/v1/` or `host:5000` → `host:5000` (lowercase), the key docker
-/// configs and registry URLs are matched by.
-pub fn normalize_host(s: &str) -> String {
-    let s = s.trim();
-    let s = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-        .unwrap_or(s);
-    s.split('/').next().unwrap_or_default().to_ascii_lowercase()
-}
-
 /// The host (and port, when not the scheme's default) of a registry URL.
 pub fn url_host(u: &Url) -> String {
     let host = u.host_str().unwrap_or_default().to_ascii_lowercase();
@@ -161,63 +74,12 @@ pub fn url_host(u: &Url) -> String {
     }
 }
 
-/// A docker `config.json` (`{"auths": {"host": {"auth": base64(user:pass)} | {"username",
-/// "password"}}}`) → `Authorization` values by normalized host.
-pub fn parse_docker_config(bytes: &[u8]) -> Result<HashMap<String, String>, String> {
-    #[derive(serde::Deserialize)]
-    struct Config {
-        #[serde(default)]
-        auths: HashMap<String, Entry>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        #[serde(default)]
-        auth: Option<String>,
-        #[serde(default)]
-        username: Option<String>,
-        #[serde(default)]
-        password: Option<String>,
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not a docker config.json: {e}"))?;
-    if !v.is_object() {
-        return Err("not a docker config.json: not a JSON object".into());
-    }
-    let cfg: Config =
-        serde_json::from_value(v).map_err(|e| format!("not a docker config.json: {e}"))?;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut out = HashMap::new();
-    for (key, e) in cfg.auths {
-        let encoded = match (e.auth.filter(|a| !a.is_empty()), e.username) {
-            (Some(auth), _) => {
-                let ok = b64
-                    .decode(auth.trim())
-                    .ok()
-                    .is_some_and(|raw| raw.contains(&b':'));
-                if !ok {
-                    return Err(format!("auths[{key}].auth must be base64 of user:password"));
-                }
-                auth.trim().to_owned()
-            }
-            (None, Some(user)) => b64.encode(format!("{user}:{}", e.password.unwrap_or_default())),
-            (None, None) => continue,
-        };
-        let host = normalize_host(&key);
-        // Docker Hub is named by its index in configs and by its registry in URLs.
-        if host == "index.docker.io" || host == "docker.io" {
-            out.insert("registry-1.docker.io".into(), format!("Basic {encoded}"));
-        }
-        out.insert(host, format!("Basic {encoded}"));
-    }
-    Ok(out)
-}
-
 /// What the downloader needs; the clients are built by the caller (TLS roots differ).
 pub struct DownloaderConfig {
     pub registry_http: reqwest::Client,
     pub gateway_http: reqwest::Client,
     /// `Authorization` values by registry host (see [`parse_docker_config`]).
-    pub registry_auth: HashMap<String, String>,
+    pub registry_auth: HashMap<String, Credentials>,
     /// The spool directory, `<state-dir>/downloads`.
     pub spool_dir: PathBuf,
     /// Attempts per blob before giving up.
@@ -562,13 +424,13 @@ impl Downloader {
         challenge: &str,
     ) -> Result<String, DownloadError> {
         let host = url_host(base);
-        let basic = self.cfg.registry_auth.get(&host).cloned();
-        let (realm, service, scope) = match parse_challenge(challenge) {
-            Some(Challenge::Bearer {
-                realm,
-                service,
-                scope,
-            }) => (realm, service, scope),
+        let basic = self
+            .cfg
+            .registry_auth
+            .get(&host)
+            .map(|c| c.basic_header().to_owned());
+        let (realm, query) = match parse_challenge(challenge) {
+            Some(c @ Challenge::Bearer { .. }) => c.token_query(repository).unwrap_or_default(),
             Some(Challenge::Basic) => {
                 return basic.ok_or_else(|| {
                     fail(
@@ -586,14 +448,7 @@ impl Downloader {
         };
         let mut url =
             Url::parse(&realm).map_err(|e| fail(hex, format!("bad token realm {realm:?}: {e}")))?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = &service {
-                q.append_pair("service", s);
-            }
-            let scope = scope.unwrap_or_else(|| format!("repository:{repository}:pull"));
-            q.append_pair("scope", &scope);
-        }
+        url.query_pairs_mut().extend_pairs(query);
         let mut req = self.cfg.registry_http.get(url);
         if let Some(b) = &basic {
             req = req.header(AUTHORIZATION, b);
@@ -622,18 +477,9 @@ impl Downloader {
             }
         }
         token_from_answer(&body)
-            .map(|t| format!("Bearer {t}"))
+            .map(|t| format!("Bearer {}", t.token))
             .ok_or_else(|| fail(hex, format!("no token in the answer of {realm}")))
     }
-}
-
-/// `{"token": …}` or `{"access_token": …}` (both are in use).
-pub fn token_from_answer(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    ["token", "access_token"]
-        .iter()
-        .find_map(|k| v[*k].as_str().filter(|t| !t.is_empty()))
-        .map(str::to_owned)
 }
 
 /// `{base}/v2/{repository}/blobs/sha256:{hex}`, keeping any path prefix of `base`.
@@ -683,76 +529,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bearer_challenges_are_parsed_with_quotes_commas_and_escapes() {
-        let c = parse_challenge(
-            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:team/app:pull,push""#,
-        );
-        assert_eq!(
-            c,
-            Some(Challenge::Bearer {
-                realm: "https://auth.example/token".into(),
-                service: Some("registry.example".into()),
-                scope: Some("repository:team/app:pull,push".into()),
-            })
-        );
-        let c = parse_challenge(r#"bearer  Realm=http://a/t , service = "s\"x""#);
-        assert_eq!(
-            c,
-            Some(Challenge::Bearer {
-                realm: "http://a/t".into(),
-                service: Some("s\"x".into()),
-                scope: None,
-            })
-        );
-        assert_eq!(
-            parse_challenge(r#"Basic realm="Registry""#),
-            Some(Challenge::Basic)
-        );
-        assert_eq!(parse_challenge(r#"Bearer service="s""#), None);
-        assert_eq!(parse_challenge("Negotiate abc"), None);
-        assert_eq!(parse_challenge(""), None);
-        // Garbage never panics.
-        for s in [
-            "Bearer =",
-            "Bearer realm=\"unterminated",
-            "Bearer ,,,=,=\"",
-            "Bearer a",
-        ] {
-            let _ = parse_challenge(s);
-        }
-        assert_eq!(
-            parse_challenge("Bearer realm=\"unterminated"),
-            Some(Challenge::Bearer {
-                realm: "unterminated".into(),
-                service: None,
-                scope: None
-            })
-        );
-    }
-
-    #[test]
-    fn docker_configs_map_hosts_to_basic_credentials() {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let auth = b64.encode("alice:pw");
-        let cfg = format!(
-            r#"{{"auths": {{
-                "https://Registry.Example:5000/v2/": {{"auth": "{auth}"}},
-                "https://index.docker.io/v1/": {{"username": "bob", "password": "x:y"}},
-                "empty.example": {{}}
-            }}, "credsStore": "desktop"}}"#
-        );
-        let m = parse_docker_config(cfg.as_bytes()).unwrap();
-        assert_eq!(m["registry.example:5000"], format!("Basic {auth}"));
-        let bob = format!("Basic {}", b64.encode("bob:x:y"));
-        assert_eq!(m["index.docker.io"], bob);
-        assert_eq!(m["registry-1.docker.io"], bob);
-        assert!(!m.contains_key("empty.example"));
-        assert!(parse_docker_config(br#"{"auths":{"h":{"auth":"!!"}}}"#).is_err());
-        assert!(parse_docker_config(b"[]").is_err());
-        assert!(parse_docker_config(b"{}").unwrap().is_empty());
-    }
-
-    #[test]
     fn hosts_and_blob_urls() {
         let u = Url::parse("http://LocalHost:5000").unwrap();
         assert_eq!(url_host(&u), "localhost:5000");
@@ -760,7 +536,6 @@ mod tests {
             url_host(&Url::parse("https://r.example:443/").unwrap()),
             "r.example"
         );
-        assert_eq!(normalize_host("r.example:5000"), "r.example:5000");
         let hex = "a".repeat(64);
         assert_eq!(
             blob_url(
@@ -777,20 +552,7 @@ mod tests {
     }
 
     #[test]
-    fn token_answers_and_content_ranges() {
-        assert_eq!(
-            token_from_answer(br#"{"token":"t1"}"#).as_deref(),
-            Some("t1")
-        );
-        assert_eq!(
-            token_from_answer(br#"{"access_token":"t2","expires_in":60}"#).as_deref(),
-            Some("t2")
-        );
-        assert_eq!(
-            token_from_answer(br#"{"token":"","access_token":"t3"}"#).as_deref(),
-            Some("t3")
-        );
-        assert_eq!(token_from_answer(b"nope"), None);
+    fn content_ranges() {
         assert_eq!(content_range_start("bytes 100-199/200"), Some(100));
         assert_eq!(content_range_start("bytes 7-*/*"), Some(7));
         assert_eq!(content_range_start("items 1-2/3"), None);
