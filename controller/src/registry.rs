@@ -219,6 +219,8 @@ impl Registry {
         insecure: Vec<String>,
         credentials: HashMap<String, Credentials>,
     ) -> Result<Self, reqwest::Error> {
+        // reqwest is built without a crypto provider of its own: ring, as kube uses it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .user_agent(concat!("edgevisor-controller/", env!("CARGO_PKG_VERSION")))
             .timeout(std::time::Duration::from_secs(30))

@@ -16,7 +16,7 @@ ETCD_VERSION=${ETCD_VERSION:-v3.7.3}
 HELM_VERSION=${HELM_VERSION:-v4.3.1}
 EDGEVISOR_CACHE=${EDGEVISOR_CACHE:-$HOME/.cache/edgevisor}
 # apache2-utils: htpasswd, for the registry that requires credentials in the tests.
-DEBIAN_PACKAGES=(runc docker-registry busybox-static openssl iproute2 curl jq lua5.4 apache2-utils)
+DEBIAN_PACKAGES=(runc docker-registry busybox-static openssl iproute2 curl jq lua5.4 apache2-utils buildah skopeo zstd)
 
 log() { printf '[env] %s\n' "$*" >&2; }
 die() { printf '[env] error: %s\n' "$*" >&2; exit 1; }

@@ -418,7 +418,7 @@ fn kill_group(child: Option<Child>) {
 }
 
 /// Deletes every container of a runc state directory (what a killed runtime left running).
-fn delete_containers(root: &Path) {
+pub fn delete_containers(root: &Path) {
     if !root.is_dir() {
         return;
     }
