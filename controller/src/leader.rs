@@ -2,6 +2,7 @@
 //! exactly one acts. The holder renews the lease every `renew`; another replica takes it over
 //! once `renewTime + leaseDurationSeconds` has passed. Updates go through the apiserver's
 //! optimistic concurrency (`resourceVersion`), so two candidates never both win.
+use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -101,6 +102,45 @@ impl Elector {
                 .api
                 .replace(&self.name, &PostParams::default(), &lease)
                 .await;
+        }
+    }
+}
+
+/// Stands by until `elector` holds the lease, asking every `retry`. `false` when
+/// `shutdown` came first.
+pub async fn wait_to_lead(
+    elector: &Elector,
+    retry: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> bool {
+    tokio::pin!(shutdown);
+    loop {
+        match elector.try_acquire().await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "leader election"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retry) => {}
+            _ = &mut shutdown => return false,
+        }
+    }
+}
+
+/// Renews the lease every `retry` while it is held; resolves when it is lost: taken by
+/// another replica, or not renewable for a whole `lease` (the apiserver unreachable), after
+/// which another replica may act and this one must stop.
+pub async fn hold(elector: &Elector, retry: Duration, lease: Duration) {
+    let mut last_renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(retry).await;
+        match elector.try_acquire().await {
+            Ok(true) => last_renewed = tokio::time::Instant::now(),
+            Ok(false) => return,
+            Err(e) if last_renewed.elapsed() < lease => {
+                tracing::warn!(error = %e, "renewing the lease")
+            }
+            Err(_) => return,
         }
     }
 }

@@ -4,7 +4,9 @@
 //! that read watch caches and write what those decisions say come on top of it.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod device_index;
+pub mod error;
 pub mod gateway;
 pub mod leader;
 pub mod liveness;
@@ -13,6 +15,10 @@ pub mod reconcile;
 pub mod registry;
 pub mod render;
 pub mod rollout;
+pub mod run;
 pub mod serve;
 pub mod status;
 pub mod views;
+
+pub use error::Error;
+pub use run::{Ended, run};

@@ -42,26 +42,7 @@ const DEFAULT_HISTORY: usize = 10;
 const OVERLAY_TTL: Duration = Duration::from_secs(120);
 
 /// Errors of one reconcile; each is retried with backoff.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Render(String),
-    #[error("object has no namespace")]
-    NoNamespace,
-}
-
-impl Error {
-    /// A label for the error metric.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kube",
-            Error::Render(_) => "render",
-            Error::NoNamespace => "no_namespace",
-        }
-    }
-}
+pub use crate::error::Error;
 
 /// Targets written but maybe not yet in the cache: (namespace, device) → (revision, when set
 /// in seconds since the epoch, when written by this process).

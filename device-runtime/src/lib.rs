@@ -23,6 +23,7 @@ pub mod oci;
 pub mod recover;
 pub mod rollback;
 pub mod run;
+pub mod service;
 pub mod signals;
 pub mod store;
 pub mod supervisor;

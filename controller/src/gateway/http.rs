@@ -18,6 +18,8 @@ use kube::runtime::reflector::ObjectRef;
 use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
+
+use crate::error::Error;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
@@ -66,23 +68,24 @@ fn empty(code: StatusCode) -> Reply {
 }
 
 /// Loads the server's certificate chain and key (PEM).
-pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
-    use anyhow::Context as _;
+pub fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Error> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing certificates in {}", cert.display()))?;
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| Error::Tls(format!("reading certificates in {}: {e}", cert.display())))?;
     if certs.is_empty() {
-        anyhow::bail!("{} holds no certificate", cert.display());
+        return Err(Error::Tls(format!(
+            "{} holds no certificate",
+            cert.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading the private key {}", key.display()))?;
+        .map_err(|e| Error::Tls(format!("reading the private key {}: {e}", key.display())))?;
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .context("the certificate and key do not match")?;
+        .map_err(|e| Error::Tls(format!("the certificate and key do not match: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -92,8 +95,14 @@ pub async fn serve(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
     gw: Arc<Gateway>,
-) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+) -> Result<(), Error> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen {
+            what: "the device API",
+            addr,
+            source,
+        })?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     info!(%addr, "serving the device API");
     loop {

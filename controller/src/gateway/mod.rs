@@ -62,8 +62,10 @@ pub async fn run(
     metrics_addr: std::net::SocketAddr,
     tls: rustls::ServerConfig,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), crate::error::Error> {
     use std::sync::atomic::Ordering;
+
+    use crate::error::Error;
 
     use edgevisor_crds::Device;
     use futures::TryStreamExt;
@@ -142,10 +144,10 @@ pub async fn run(
         }
     };
     tokio::select! {
-        r = crate::serve::serve(metrics_addr, health) => r.map_err(|e| anyhow::anyhow!("metrics endpoint on {metrics_addr}: {e}")),
+        r = crate::serve::serve(metrics_addr, health) => r.map_err(|source| Error::Listen { what: "the metrics endpoint", addr: metrics_addr, source }),
         r = http::serve(listen, tls, gateway) => r,
-        r = device_watch => r.map_err(|e| anyhow::anyhow!("watching Devices: {e}")),
-        r = revision_watch => r.map_err(|e| anyhow::anyhow!("watching FleetRevisions: {e}")),
+        r = device_watch => r.map_err(|source| Error::Watch { what: "Devices", source }),
+        r = revision_watch => r.map_err(|source| Error::Watch { what: "FleetRevisions", source }),
         _ = writer.run() => Ok(()),
         _ = ready => Ok(()),
         _ = shutdown => Ok(()),

@@ -1,12 +1,10 @@
-//! `evctl`: the command line of the control socket. Human output by default,
-//! `--json` for scripts.
-#![forbid(unsafe_code)]
+//! What each `evctl` command does: a request to the control socket, its answer printed
+//! for people or, with `--json`, as the wire type.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
 use device_runtime::cli::{EvctlArgs, EvctlCommand};
 use device_runtime::client::Client;
 use device_runtime::control::{ContainerAction, ContainerActionBody, Signal, Signalled};
@@ -14,22 +12,6 @@ use device_runtime::lifecycle::{Progress, Status};
 use device_runtime::state::State;
 use hyper::Method;
 use serde::Serialize;
-
-fn main() -> std::process::ExitCode {
-    let args = EvctlArgs::parse();
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(run(args)));
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("evctl: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
 
 fn print_json(v: &impl Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -39,7 +21,7 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-async fn run(args: EvctlArgs) -> Result<()> {
+pub async fn run(args: EvctlArgs) -> Result<()> {
     if let EvctlCommand::Schema = args.command {
         let schema = device_runtime::state::State::json_schema();
         println!("{}", serde_json::to_string_pretty(&schema)?);

@@ -1,0 +1,100 @@
+//! The command line of `edgevisor`: one binary, two roles. Clap derive only; what each
+//! role does lives in [`crate::run`] and [`crate::gateway`].
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand};
+
+/// The cluster side of edgevisor.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the fleet controller: render FleetRevisions, roll them out to Devices, report in
+    /// Fleet status. Uses KUBECONFIG or the in-cluster ServiceAccount.
+    Controller(ControllerConfig),
+    /// Run the device gateway: enrollment, targets by long-poll, device status, over HTTPS.
+    /// Uses KUBECONFIG or the in-cluster ServiceAccount.
+    Gateway(GatewayArgs),
+}
+
+#[derive(Parser)]
+pub struct GatewayArgs {
+    /// Address of the device API (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub metrics_addr: SocketAddr,
+    /// The server certificate chain (PEM), e.g. a mounted kubernetes.io/tls Secret's tls.crt.
+    #[arg(long)]
+    pub tls_cert: std::path::PathBuf,
+    /// The server's private key (PEM).
+    #[arg(long)]
+    pub tls_key: std::path::PathBuf,
+    /// Namespace of the bootstrap token Secrets.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "edgevisor-system")]
+    pub token_namespace: String,
+    /// A bootstrap token Secret (type edgevisor.dev/bootstrap-token); repeat for several.
+    #[arg(
+        long = "bootstrap-token-secret",
+        default_value = "edgevisor-bootstrap-token"
+    )]
+    pub bootstrap_token_secrets: Vec<String>,
+    /// Serve only Devices of this namespace (default: all namespaces).
+    #[arg(long, env = "EDGEVISOR_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Write a device's lastSeen/Online at most once per this many seconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub liveness_interval_seconds: u64,
+    /// Write a device's status at most once per this many milliseconds.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60000))]
+    pub status_coalesce_ms: u64,
+    /// How devices reach a registry: `HOST[:PORT]=URL` (the registry as image references
+    /// name it = its base URL from the devices); repeat for several.
+    #[arg(long = "device-registry", value_parser = crate::gateway::target::RegistryMap::parse_mapping)]
+    pub device_registries: Vec<(String, String)>,
+    /// A registry (`host:port`) devices reach over plain HTTP; repeat for several.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+}
+
+#[derive(Parser)]
+pub struct ControllerConfig {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "EDGEVISOR_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Namespace of the leader-election Lease (and of registry Secrets).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "edgevisor-system")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "edgevisor-controller")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: POD_NAME, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a leader's lease lasts without renewal before another replica takes over.
+    #[arg(long, default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub metrics_addr: SocketAddr,
+    /// A registry (`host:port`) spoken to over plain HTTP; repeat for several.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// A docker-config Secret in the lease namespace with registry credentials; repeat.
+    #[arg(long = "registry-secret")]
+    pub registry_secrets: Vec<String>,
+    /// Device target writes in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub write_concurrency: usize,
+    /// A device whose lastSeen is older than this many seconds is offline: it is not started
+    /// on an update, counts as offline in its Fleet, and gets Online=False. Keep it a few
+    /// times the gateway's liveness interval.
+    #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(10..))]
+    pub offline_after_seconds: u64,
+}
