@@ -18,7 +18,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::core::SelectorExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -29,7 +28,7 @@ use tracing::{info, instrument, warn};
 use crate::metrics::Metrics;
 use crate::registry::{PlatformImage, Registry};
 use crate::render::{self, FileContent};
-use crate::rollout::{self, FleetView, Phase, RolloutMemory};
+use crate::rollout::{self, FleetView, RolloutMemory};
 use crate::status;
 use crate::views::{self, TARGETED_AT};
 
@@ -43,6 +42,9 @@ const OVERLAY_TTL: Duration = Duration::from_secs(120);
 
 /// Errors of one reconcile; each is retried with backoff.
 pub use crate::error::Error;
+
+pub mod decide;
+use decide::Selection;
 
 /// Targets written but maybe not yet in the cache: (namespace, device) → (revision, when set
 /// in seconds since the epoch, when written by this process).
@@ -140,66 +142,30 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
         write_render_failure(fleet, ctx, &fleets, "spec.selector cannot be parsed", now).await?;
         return Ok(Action::await_change());
     };
-    let others: Vec<(Arc<Fleet>, kube::core::Selector)> = ctx
+    let others: Vec<kube::core::Selector> = ctx
         .fleets
         .state()
         .into_iter()
         .filter(|f| f.namespace().as_deref() == Some(ns.as_str()) && f.name_any() != name)
-        .filter_map(|f| views::selector(&f).map(|s| (f, s)))
+        .filter_map(|f| views::selector(&f))
         .collect();
-    let mut devices = Vec::new();
-    let mut conflicted = Vec::new();
-    {
-        // Own writes the cache already shows are dropped from the overlay as they are seen.
+    let Selection {
+        devices,
+        conflicted,
+    } = {
         let mut written = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
         written.retain(|_, (_, _, when)| when.elapsed() < OVERLAY_TTL);
-        for device in ctx.devices.in_namespace(&ns) {
-            if !selector.matches(&device.labels) {
-                continue;
-            }
-            let name = &device.view.name;
-            if others.iter().any(|(_, s)| s.matches(&device.labels)) {
-                conflicted.push(name.clone());
-                continue;
-            }
-            let mut view = device.view.clone();
-            view.online =
-                view.online && !device.stale(now.as_second(), ctx.offline_after.as_secs() as i64);
-            if !written.is_empty() {
-                let key = (ns.clone(), name.clone());
-                match written.get(&key) {
-                    Some((revision, _, _)) if view.target.as_ref() == Some(revision) => {
-                        written.remove(&key);
-                    }
-                    Some((revision, at, _)) => {
-                        view.target = Some(revision.clone());
-                        view.targeted_at = Some(*at);
-                    }
-                    None => {}
-                }
-            }
-            devices.push(view);
-        }
-    }
-    if !conflicted.is_empty() {
-        publish(
-            ctx,
-            fleet,
-            EventType::Warning,
-            "DevicesInTwoFleets",
-            format!(
-                "{} devices are selected by this and another fleet and are left alone: {}",
-                conflicted.len(),
-                conflicted
-                    .iter()
-                    .take(5)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+        let cached = ctx.devices.in_namespace(&ns);
+        decide::select_devices(
+            &ns,
+            &selector,
+            &others,
+            cached.iter().map(|d| &**d),
+            &mut written,
+            now.as_second(),
+            ctx.offline_after.as_secs() as i64,
         )
-        .await;
-    }
+    };
 
     // 3. The plan.
     let old = fleet.status.as_ref();
@@ -238,7 +204,13 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
             )
             .await?;
     }
-    announce(ctx, fleet, old, &memory, &plan, &update_name).await;
+    let old_reason = old
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+        .map(|c| c.reason.as_str())
+        .unwrap_or_default();
+    for note in decide::events(old_reason, &memory, &plan, &update_name, steps, &conflicted) {
+        publish(ctx, fleet, note).await;
+    }
     ctx.metrics.devices(&ns, &name, views::states(&devices));
 
     // 5. Revisions: how many devices use each, and forget the old ones nobody uses.
@@ -442,17 +414,11 @@ async fn create_revision(
         Err(kube::Error::Api(e)) if e.code == 409 => api.get(name).await?,
         Err(e) => return Err(e.into()),
     };
-    publish(
-        ctx,
-        fleet,
-        EventType::Normal,
-        "RevisionCreated",
-        format!(
-            "rendered {name} (revision {sequence}) for {}",
-            created.spec.architectures_label()
-        ),
-    )
-    .await;
+    let note = format!(
+        "rendered {name} (revision {sequence}) for {}",
+        created.spec.architectures_label()
+    );
+    publish(ctx, fleet, decide::Note::normal("RevisionCreated", note)).await;
     Ok(created)
 }
 
@@ -539,9 +505,7 @@ async fn write_render_failure(
     publish(
         ctx,
         fleet,
-        EventType::Warning,
-        "RenderFailed",
-        message.to_string(),
+        decide::Note::warning("RenderFailed", message.to_string()),
     )
     .await;
     // Server-side apply drops what its manager stops sending: send the whole status, so the
@@ -563,104 +527,20 @@ async fn write_render_failure(
 }
 
 /// Events for what a human should see: steps reached, pauses, aborts, roll backs, completion.
-async fn announce(
-    ctx: &Context,
-    fleet: &Fleet,
-    old: Option<&FleetStatus>,
-    memory: &RolloutMemory,
-    plan: &rollout::Plan,
-    update: &str,
-) {
-    let old_reason = old
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
-        .map(|c| c.reason.as_str())
-        .unwrap_or_default();
-    let same_rollout = memory.revision.as_deref() == Some(update);
-    if !same_rollout {
-        publish(
-            ctx,
-            fleet,
-            EventType::Normal,
-            "RolloutStarted",
-            format!("rolling out {update}"),
-        )
-        .await;
-    } else if plan.memory.step > memory.step && plan.phase != Phase::Complete {
-        publish(
-            ctx,
-            fleet,
-            EventType::Normal,
-            "StepReached",
-            match fleet.spec.strategy.steps.len() {
-                n if plan.memory.step >= n => {
-                    format!("{update}: past the last step, every device may update")
-                }
-                n => format!("{update}: step {} of {n}", plan.memory.step + 1),
-            },
-        )
-        .await;
-    }
-    let rollback = plan
-        .retarget
-        .iter()
-        .filter(|(_, r)| r != update && Some(r.as_str()) == plan.stable_revision.as_deref())
-        .count();
-    let (kind, reason, note) = match &plan.phase {
-        Phase::Complete if old_reason != "RolloutComplete" => (
-            EventType::Normal,
-            "RolloutComplete",
-            format!("every device runs {update}"),
-        ),
-        Phase::Aborted if old_reason != "RolloutAborted" => (
-            EventType::Warning,
-            "RolloutAborted",
-            format!(
-                "{} devices failed {update}; the rollout stopped",
-                plan.counts.failed
-            ),
-        ),
-        Phase::WaitingForResume { step } if old_reason != "WaitingForResume" => (
-            EventType::Normal,
-            "WaitingForResume",
-            format!(
-                "step {step} done; set spec.resume to {{revision: {update}, step: {step}}} to go on"
-            ),
-        ),
-        Phase::Paused { step, remaining } if old_reason != "StepPaused" => (
-            EventType::Normal,
-            "StepPaused",
-            format!("step {step} done; pausing {remaining}s"),
-        ),
-        _ => (EventType::Normal, "", String::new()),
-    };
-    if !reason.is_empty() {
-        publish(ctx, fleet, kind, reason, note).await;
-    }
-    if rollback > 0 {
-        publish(
-            ctx,
-            fleet,
-            EventType::Warning,
-            "RolledBack",
-            format!(
-                "sent {rollback} devices back to {}",
-                plan.stable_revision.as_deref().unwrap_or_default()
-            ),
-        )
-        .await;
-    }
-}
-
-async fn publish(ctx: &Context, fleet: &Fleet, type_: EventType, reason: &str, note: String) {
+async fn publish(ctx: &Context, fleet: &Fleet, note: decide::Note) {
     let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
+        type_: if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: note.reason.into(),
+        note: Some(note.message),
         action: "Rollout".into(),
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, &fleet.object_ref(&())).await {
-        warn!(%error, reason, "could not record event");
+        warn!(%error, reason = note.reason, "could not record event");
     }
 }
 
@@ -676,19 +556,10 @@ async fn tidy_revisions(
     stable: Option<&str>,
 ) -> Result<(), Error> {
     let api: Api<FleetRevision> = Api::namespaced(ctx.client.clone(), ns);
-    let mut in_use: BTreeSet<&str> = [update].into_iter().chain(stable).collect();
-    in_use.extend(fleet.spec.rollback_to.as_deref());
-    for d in devices {
-        in_use.extend(d.target.as_deref());
-        in_use.extend(d.current.as_deref());
-        in_use.extend(d.pinned.as_deref());
-    }
-    for revision in revisions {
-        let name = revision.name_any();
-        let count = devices
-            .iter()
-            .filter(|d| d.target.as_deref() == Some(name.as_str()))
-            .count();
+    let names: Vec<String> = revisions.iter().map(|r| r.name_any()).collect();
+    let counts = decide::device_counts(names.iter().map(String::as_str), devices);
+    for (revision, name) in revisions.iter().zip(&names) {
+        let count = counts.get(name.as_str()).copied().unwrap_or(0);
         let wanted = FleetRevisionStatus {
             observed_generation: revision.meta().generation,
             architectures: Some(revision.spec.architectures_label()),
@@ -702,7 +573,7 @@ async fn tidy_revisions(
         if revision.status.as_ref() != Some(&wanted) {
             let patch = json!({"apiVersion": "edgevisor.dev/v1alpha1", "kind": "FleetRevision", "status": wanted});
             api.patch_status(
-                &name,
+                name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(patch),
             )
@@ -713,14 +584,22 @@ async fn tidy_revisions(
         .spec
         .revision_history_limit
         .map_or(DEFAULT_HISTORY, |l| l.max(0) as usize);
-    let mut unused: Vec<&Arc<FleetRevision>> = revisions
+    let numbered: Vec<(String, i64)> = revisions
         .iter()
-        .filter(|r| !in_use.contains(r.name_any().as_str()))
+        .zip(&names)
+        .map(|(r, n)| (n.clone(), r.spec.revision))
         .collect();
-    unused.sort_by_key(|r| std::cmp::Reverse(r.spec.revision));
-    for old in unused.into_iter().skip(limit) {
-        info!(revision = %old.name_any(), "deleting a revision beyond revisionHistoryLimit");
-        match api.delete(&old.name_any(), &DeleteParams::default()).await {
+    let prune = decide::revisions_to_prune(
+        &numbered,
+        devices,
+        update,
+        stable,
+        fleet.spec.rollback_to.as_deref(),
+        limit,
+    );
+    for old in prune {
+        info!(revision = %old, "deleting a revision beyond revisionHistoryLimit");
+        match api.delete(&old, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),

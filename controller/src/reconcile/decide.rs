@@ -1,0 +1,226 @@
+//! The reconciler's decisions besides the rollout plan, as pure functions: which devices a
+//! fleet has, which events a human should see, which revisions to forget. The reconciler
+//! gathers their inputs from watch caches and writes what they answer.
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::core::{Selector, SelectorExt};
+
+use crate::device_index::CachedDevice;
+use crate::reconcile::Overlay;
+use crate::rollout::{self, DeviceView, Phase, RolloutMemory};
+
+// === devices ===
+
+/// A fleet's devices, and those it would have but another fleet selects too.
+#[derive(Debug, Default, PartialEq)]
+pub struct Selection {
+    pub devices: Vec<DeviceView>,
+    /// Selected by this fleet and another: left alone, and reported.
+    pub conflicted: Vec<String>,
+}
+
+/// The devices of namespace `ns` that `selector` picks and no fleet of `others` does,
+/// as the planner sees them: offline when not heard from within `offline_after`
+/// seconds, and with this controller's own recent target writes (`written`, which the
+/// cache may not show yet) laid over. Entries of `written` the cache already shows are
+/// dropped from it.
+pub fn select_devices<'a>(
+    ns: &str,
+    selector: &Selector,
+    others: &[Selector],
+    cached: impl IntoIterator<Item = &'a CachedDevice>,
+    written: &mut Overlay,
+    now: i64,
+    offline_after: i64,
+) -> Selection {
+    let mut out = Selection::default();
+    for device in cached {
+        if !selector.matches(&device.labels) {
+            continue;
+        }
+        let name = &device.view.name;
+        if others.iter().any(|s| s.matches(&device.labels)) {
+            out.conflicted.push(name.clone());
+            continue;
+        }
+        let mut view = device.view.clone();
+        view.online = view.online && !device.stale(now, offline_after);
+        let key = (ns.to_owned(), name.clone());
+        match written.get(&key) {
+            Some((revision, _, _)) if view.target.as_ref() == Some(revision) => {
+                written.remove(&key);
+            }
+            Some((revision, at, _)) => {
+                view.target = Some(revision.clone());
+                view.targeted_at = Some(*at);
+            }
+            None => {}
+        }
+        out.devices.push(view);
+    }
+    out
+}
+
+// === events ===
+
+/// An event for a human: `kubectl describe fleet` and `kubectl get events` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Note {
+    pub fn normal(reason: &'static str, message: String) -> Note {
+        Note {
+            warning: false,
+            reason,
+            message,
+        }
+    }
+    pub fn warning(reason: &'static str, message: String) -> Note {
+        Note {
+            warning: true,
+            reason,
+            message,
+        }
+    }
+}
+
+/// The events a reconcile should emit: a rollout starting, a step reached, the rollout
+/// ending (complete, aborted, waiting, pausing: once, when the Ready reason changes),
+/// devices sent back, devices left alone for being in two fleets.
+pub fn events(
+    old_ready_reason: &str,
+    memory: &RolloutMemory,
+    plan: &rollout::Plan,
+    update: &str,
+    steps: usize,
+    conflicted: &[String],
+) -> Vec<Note> {
+    let mut out = Vec::new();
+    if !conflicted.is_empty() {
+        out.push(Note::warning(
+            "DevicesInTwoFleets",
+            format!(
+                "{} devices are selected by this and another fleet and are left alone: {}",
+                conflicted.len(),
+                conflicted
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    if memory.revision.as_deref() != Some(update) {
+        out.push(Note::normal(
+            "RolloutStarted",
+            format!("rolling out {update}"),
+        ));
+    } else if plan.memory.step > memory.step && plan.phase != Phase::Complete {
+        out.push(Note::normal(
+            "StepReached",
+            if plan.memory.step >= steps {
+                format!("{update}: past the last step, every device may update")
+            } else {
+                format!("{update}: step {} of {steps}", plan.memory.step + 1)
+            },
+        ));
+    }
+    match &plan.phase {
+        Phase::Complete if old_ready_reason != "RolloutComplete" => out.push(Note::normal(
+            "RolloutComplete",
+            format!("every device runs {update}"),
+        )),
+        Phase::Aborted if old_ready_reason != "RolloutAborted" => out.push(Note::warning(
+            "RolloutAborted",
+            format!(
+                "{} devices failed {update}; the rollout stopped",
+                plan.counts.failed
+            ),
+        )),
+        Phase::WaitingForResume { step } if old_ready_reason != "WaitingForResume" => {
+            out.push(Note::normal(
+                "WaitingForResume",
+                format!(
+                    "step {step} done; set spec.resume to {{revision: {update}, step: {step}}} to go on"
+                ),
+            ))
+        }
+        Phase::Paused { step, remaining } if old_ready_reason != "StepPaused" => out.push(
+            Note::normal("StepPaused", format!("step {step} done; pausing {remaining}s")),
+        ),
+        _ => {}
+    }
+    let rollback = plan
+        .retarget
+        .iter()
+        .filter(|(_, r)| r != update && Some(r.as_str()) == plan.stable_revision.as_deref())
+        .count();
+    if rollback > 0 {
+        out.push(Note::warning(
+            "RolledBack",
+            format!(
+                "sent {rollback} devices back to {}",
+                plan.stable_revision.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    out
+}
+
+// === revisions ===
+
+/// How many devices target each revision of `names`.
+pub fn device_counts<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    devices: &[DeviceView],
+) -> BTreeMap<&'a str, usize> {
+    names
+        .into_iter()
+        .map(|n| {
+            let count = devices
+                .iter()
+                .filter(|d| d.target.as_deref() == Some(n))
+                .count();
+            (n, count)
+        })
+        .collect()
+}
+
+/// The revisions to delete: beyond the newest `limit` of those nothing uses. A revision
+/// is in use when it is the update or stable revision, the one `rollbackTo` names, or
+/// any device of the fleet targets, runs or is pinned to it. `revisions` are
+/// (name, `spec.revision` number).
+pub fn revisions_to_prune(
+    revisions: &[(String, i64)],
+    devices: &[DeviceView],
+    update: &str,
+    stable: Option<&str>,
+    rollback_to: Option<&str>,
+    limit: usize,
+) -> Vec<String> {
+    let mut in_use: BTreeSet<&str> = [update].into_iter().chain(stable).collect();
+    in_use.extend(rollback_to);
+    for d in devices {
+        in_use.extend(d.target.as_deref());
+        in_use.extend(d.current.as_deref());
+        in_use.extend(d.pinned.as_deref());
+    }
+    let mut unused: Vec<&(String, i64)> = revisions
+        .iter()
+        .filter(|(name, _)| !in_use.contains(name.as_str()))
+        .collect();
+    unused.sort_by_key(|(_, number)| std::cmp::Reverse(*number));
+    unused
+        .into_iter()
+        .skip(limit)
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,195 @@
+use std::time::Instant;
+
+use edgevisor_crds::Architecture;
+
+use super::*;
+use crate::rollout::plan::Counts;
+
+fn view(name: &str, target: Option<&str>) -> DeviceView {
+    DeviceView {
+        name: name.to_string(),
+        architecture: Some(Architecture::Amd64),
+        target: target.map(str::to_owned),
+        current: target.map(str::to_owned),
+        update: None,
+        targeted_at: Some(0),
+        paused: false,
+        pinned: None,
+        online: true,
+        ready: true,
+        failed_revisions: vec![],
+        revoked: false,
+    }
+}
+
+fn cached(name: &str, role: &str, last_seen: Option<i64>) -> CachedDevice {
+    CachedDevice {
+        labels: [("role".to_string(), role.to_string())].into(),
+        view: view(name, Some("f-1")),
+        last_seen,
+    }
+}
+
+fn role(r: &'static str) -> Selector {
+    Selector::from_iter([("role", r)])
+}
+
+#[test]
+fn devices_are_selected_shared_ones_left_alone_and_quiet_ones_offline() {
+    let devices = [
+        cached("a", "edge", Some(1000)),
+        cached("b", "edge", Some(100)),
+        cached("c", "other", Some(1000)),
+        cached("d", "shared", Some(1000)),
+    ];
+    let edge_or_shared = Selector::from_iter([kube::core::Expression::In(
+        "role".into(),
+        ["edge".to_string(), "shared".to_string()].into(),
+    )]);
+    let mut written = Overlay::new();
+    let s = select_devices(
+        "ns",
+        &edge_or_shared,
+        &[role("shared")],
+        devices.iter(),
+        &mut written,
+        1000,
+        600,
+    );
+    let names: Vec<(&str, bool)> = s
+        .devices
+        .iter()
+        .map(|d| (d.name.as_str(), d.online))
+        .collect();
+    assert_eq!(names, [("a", true), ("b", false)]);
+    assert_eq!(s.conflicted, ["d"]);
+}
+
+#[test]
+fn own_writes_show_until_the_cache_does() {
+    let devices = [cached("a", "edge", None), cached("b", "edge", None)];
+    let mut written = Overlay::new();
+    written.insert(
+        ("ns".into(), "a".into()),
+        ("f-2".into(), 50, Instant::now()),
+    );
+    written.insert(
+        ("ns".into(), "b".into()),
+        ("f-1".into(), 60, Instant::now()),
+    );
+    let s = select_devices(
+        "ns",
+        &role("edge"),
+        &[],
+        devices.iter(),
+        &mut written,
+        100,
+        600,
+    );
+    assert_eq!(
+        s.devices[0].target.as_deref(),
+        Some("f-2"),
+        "not yet in the cache"
+    );
+    assert_eq!(s.devices[0].targeted_at, Some(50));
+    assert_eq!(s.devices[1].target.as_deref(), Some("f-1"));
+    assert_eq!(written.len(), 1, "b's write is in the cache: forgotten");
+}
+
+fn plan(
+    phase: Phase,
+    step: usize,
+    retarget: &[(&str, &str)],
+    stable: Option<&str>,
+) -> rollout::Plan {
+    rollout::Plan {
+        retarget: retarget
+            .iter()
+            .map(|(d, r)| (d.to_string(), r.to_string()))
+            .collect(),
+        memory: RolloutMemory {
+            revision: Some("f-2".into()),
+            step,
+            pause_started_at: None,
+            aborted: phase == Phase::Aborted,
+        },
+        phase,
+        stable_revision: stable.map(str::to_owned),
+        counts: Counts {
+            failed: 3,
+            ..Counts::default()
+        },
+        requeue_after: None,
+    }
+}
+
+fn reasons(notes: &[Note]) -> Vec<&str> {
+    notes.iter().map(|n| n.reason).collect()
+}
+
+#[test]
+fn events_say_each_thing_once() {
+    let fresh = RolloutMemory::default();
+    let p = plan(Phase::Progressing, 0, &[("a", "f-2")], Some("f-1"));
+    assert_eq!(
+        reasons(&events("", &fresh, &p, "f-2", 2, &[])),
+        ["RolloutStarted"]
+    );
+
+    let at = |step| RolloutMemory {
+        revision: Some("f-2".into()),
+        step,
+        ..RolloutMemory::default()
+    };
+    let p = plan(Phase::WaitingForResume { step: 1 }, 1, &[], Some("f-1"));
+    let n = events("Progressing", &at(0), &p, "f-2", 2, &[]);
+    assert_eq!(reasons(&n), ["StepReached", "WaitingForResume"]);
+    assert_eq!(n[0].message, "f-2: step 2 of 2");
+    assert!(
+        events("WaitingForResume", &at(1), &p, "f-2", 2, &[]).is_empty(),
+        "nothing new: nothing said"
+    );
+
+    let done = plan(Phase::Complete, 2, &[], Some("f-2"));
+    assert_eq!(
+        reasons(&events("Progressing", &at(2), &done, "f-2", 2, &[])),
+        ["RolloutComplete"]
+    );
+    assert!(events("RolloutComplete", &at(2), &done, "f-2", 2, &[]).is_empty());
+
+    let aborted = plan(
+        Phase::Aborted,
+        1,
+        &[("a", "f-1"), ("b", "f-1")],
+        Some("f-1"),
+    );
+    let n = events("Progressing", &at(1), &aborted, "f-2", 2, &["x".into()]);
+    assert_eq!(
+        reasons(&n),
+        ["DevicesInTwoFleets", "RolloutAborted", "RolledBack"]
+    );
+    assert!(n.iter().all(|n| n.warning));
+    assert_eq!(n[2].message, "sent 2 devices back to f-1");
+}
+
+#[test]
+fn unused_revisions_beyond_the_limit_are_pruned() {
+    let revisions: Vec<(String, i64)> = (1..=6).map(|i| (format!("f-{i}"), i)).collect();
+    let mut pinned = view("p", Some("f-6"));
+    pinned.pinned = Some("f-1".into());
+    let devices = [view("a", Some("f-6")), view("b", Some("f-2")), pinned];
+    // In use: f-6 (update, targets), f-5 (stable), f-2 (a target), f-1 (a pin),
+    // f-3 (rollbackTo). Unused: f-4 only; a limit of 0 prunes it, 1 keeps it.
+    let prune = revisions_to_prune(&revisions, &devices, "f-6", Some("f-5"), Some("f-3"), 0);
+    assert_eq!(prune, ["f-4"]);
+    assert!(
+        revisions_to_prune(&revisions, &devices, "f-6", Some("f-5"), Some("f-3"), 1).is_empty()
+    );
+    // Without the pins and targets, the newest unused are kept first.
+    let prune = revisions_to_prune(&revisions, &[], "f-6", None, None, 2);
+    assert_eq!(prune, ["f-3", "f-2", "f-1"]);
+    let counts = device_counts(["f-6", "f-2", "f-4"], &devices);
+    assert_eq!(counts["f-6"], 2);
+    assert_eq!(counts["f-2"], 1);
+    assert_eq!(counts["f-4"], 0);
+}
