@@ -1,105 +1,193 @@
-//! Prometheus metrics of the controller, rendered in the text exposition format by hand: a few
-//! counters and gauges do not need a metrics framework.
+//! Prometheus metrics of the controller, through `prometheus-client` (OpenMetrics text):
+//! reconciles, their duration (a histogram), errors by kind, target writes, devices of
+//! each fleet by state (removed with the fleet), and whether this replica leads.
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// Reconcile counts, durations and errors, and devices per state per fleet.
-#[derive(Default)]
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    reconciles: Counter,
+    reconcile_seconds: Histogram,
+    errors: Family<Labels, Counter>,
+    device_writes: Counter,
+    fleet_devices: Family<Labels, Gauge>,
+    /// The label sets each fleet has in `fleet_devices`, to remove them with the fleet.
+    fleet_series: Mutex<BTreeMap<(String, String), Vec<Labels>>>,
+    leader_gauge: Gauge,
+    leader: AtomicBool,
 }
 
-#[derive(Default)]
-struct Inner {
-    reconciles: u64,
-    reconcile_seconds_sum: f64,
-    errors: BTreeMap<String, u64>,
-    devices: BTreeMap<(String, String), BTreeMap<&'static str, usize>>,
-    device_writes: u64,
-    leader: bool,
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::default();
+        let reconciles = Counter::default();
+        registry.register(
+            "edgevisor_reconciles",
+            "Fleet reconciles run",
+            reconciles.clone(),
+        );
+        // 1 ms to about 33 s.
+        let reconcile_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "edgevisor_reconcile_duration_seconds",
+            "Time one fleet reconcile takes",
+            reconcile_seconds.clone(),
+        );
+        let errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "edgevisor_reconcile_errors",
+            "Failed reconciles, by error",
+            errors.clone(),
+        );
+        let device_writes = Counter::default();
+        registry.register(
+            "edgevisor_device_target_writes",
+            "Device targets written",
+            device_writes.clone(),
+        );
+        let fleet_devices = Family::<Labels, Gauge>::default();
+        registry.register(
+            "edgevisor_fleet_devices",
+            "Devices of a fleet, by state",
+            fleet_devices.clone(),
+        );
+        let leader_gauge = Gauge::default();
+        registry.register(
+            "edgevisor_leader",
+            "Whether this replica leads",
+            leader_gauge.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_seconds,
+            errors,
+            device_writes,
+            fleet_devices,
+            fleet_series: Mutex::default(),
+            leader_gauge,
+            leader: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Metrics {
-    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
-        // A panic while holding the lock only loses metrics, never the controller.
-        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut guard)
-    }
-
     pub fn reconciled(&self, took: Duration) {
-        self.with(|m| {
-            m.reconciles += 1;
-            m.reconcile_seconds_sum += took.as_secs_f64();
-        });
+        self.reconciles.inc();
+        self.reconcile_seconds.observe(took.as_secs_f64());
     }
 
-    pub fn error(&self, label: &str) {
-        self.with(|m| *m.errors.entry(label.to_string()).or_default() += 1);
+    pub fn error(&self, label: &'static str) {
+        self.errors
+            .get_or_create(&vec![("error", label.to_string())])
+            .inc();
     }
 
+    /// The fleet's devices by state; states it no longer has are removed.
     pub fn devices(&self, namespace: &str, fleet: &str, states: BTreeMap<&'static str, usize>) {
-        self.with(|m| {
-            m.devices
-                .insert((namespace.to_string(), fleet.to_string()), states);
-        });
+        let labels = |state: &str| -> Labels {
+            vec![
+                ("namespace", namespace.to_string()),
+                ("fleet", fleet.to_string()),
+                ("state", state.to_string()),
+            ]
+        };
+        let mut series = self.fleet_series.lock().unwrap_or_else(|e| e.into_inner());
+        let now: Vec<Labels> = states.keys().map(|s| labels(s)).collect();
+        if let Some(before) = series.get(&(namespace.to_string(), fleet.to_string())) {
+            for gone in before.iter().filter(|l| !now.contains(l)) {
+                self.fleet_devices.remove(gone);
+            }
+        }
+        for (state, n) in &states {
+            self.fleet_devices
+                .get_or_create(&labels(state))
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        series.insert((namespace.to_string(), fleet.to_string()), now);
     }
 
-    pub fn fleet_gone(&self, namespace: &str, fleet: &str) {
-        self.with(|m| {
-            m.devices
-                .remove(&(namespace.to_string(), fleet.to_string()));
+    /// Removes the series of every fleet `exists` says is gone.
+    pub fn retain_fleets(&self, exists: impl Fn(&str, &str) -> bool) {
+        let mut series = self.fleet_series.lock().unwrap_or_else(|e| e.into_inner());
+        series.retain(|(ns, fleet), labels| {
+            let keep = exists(ns, fleet);
+            if !keep {
+                for l in labels.iter() {
+                    self.fleet_devices.remove(l);
+                }
+            }
+            keep
         });
     }
 
     pub fn device_writes(&self, n: usize) {
-        self.with(|m| m.device_writes += n as u64);
+        self.device_writes.inc_by(n as u64);
     }
 
     pub fn set_leader(&self, leader: bool) {
-        self.with(|m| m.leader = leader);
+        self.leader.store(leader, Ordering::Relaxed);
+        self.leader_gauge.set(i64::from(leader));
     }
 
     pub fn is_leader(&self) -> bool {
-        self.with(|m| m.leader)
-    }
-
-    /// The text exposition format.
-    fn render_text(&self) -> String {
-        self.with(|m| {
-            let mut out = String::new();
-            let _ = writeln!(out, "# HELP edgevisor_reconciles_total Fleet reconciles run.");
-            let _ = writeln!(out, "# TYPE edgevisor_reconciles_total counter");
-            let _ = writeln!(out, "edgevisor_reconciles_total {}", m.reconciles);
-            let _ = writeln!(out, "# HELP edgevisor_reconcile_seconds_total Time spent reconciling.");
-            let _ = writeln!(out, "# TYPE edgevisor_reconcile_seconds_total counter");
-            let _ = writeln!(out, "edgevisor_reconcile_seconds_total {}", m.reconcile_seconds_sum);
-            let _ = writeln!(out, "# HELP edgevisor_reconcile_errors_total Failed reconciles, by error.");
-            let _ = writeln!(out, "# TYPE edgevisor_reconcile_errors_total counter");
-            for (label, n) in &m.errors {
-                let _ = writeln!(out, "edgevisor_reconcile_errors_total{{error=\"{label}\"}} {n}");
-            }
-            let _ = writeln!(out, "# HELP edgevisor_device_target_writes_total Device targets written.");
-            let _ = writeln!(out, "# TYPE edgevisor_device_target_writes_total counter");
-            let _ = writeln!(out, "edgevisor_device_target_writes_total {}", m.device_writes);
-            let _ = writeln!(out, "# HELP edgevisor_fleet_devices Devices of a fleet, by state.");
-            let _ = writeln!(out, "# TYPE edgevisor_fleet_devices gauge");
-            for ((ns, fleet), states) in &m.devices {
-                for (state, n) in states {
-                    let _ = writeln!(out, "edgevisor_fleet_devices{{namespace=\"{ns}\",fleet=\"{fleet}\",state=\"{state}\"}} {n}");
-                }
-            }
-            let _ = writeln!(out, "# HELP edgevisor_leader Whether this replica leads.");
-            let _ = writeln!(out, "# TYPE edgevisor_leader gauge");
-            let _ = writeln!(out, "edgevisor_leader {}", u8::from(m.leader));
-            out
-        })
+        self.leader.load(Ordering::Relaxed)
     }
 }
 
 impl crate::serve::Exposition for Metrics {
     fn render(&self) -> String {
-        self.render_text()
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::Exposition;
+
+    #[test]
+    fn series_follow_their_fleet_and_durations_are_a_histogram() {
+        let m = Metrics::default();
+        m.reconciled(Duration::from_millis(3));
+        m.error("kube");
+        m.devices("ns", "a", [("current", 4), ("updating", 1)].into());
+        m.devices("ns", "b", [("current", 2)].into());
+        let text = m.render();
+        assert!(text.contains("edgevisor_reconciles_total 1"), "{text}");
+        assert!(
+            text.contains("edgevisor_reconcile_duration_seconds_bucket{le=\"0.004\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("edgevisor_reconcile_errors_total{error=\"kube\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "edgevisor_fleet_devices{namespace=\"ns\",fleet=\"a\",state=\"current\"} 4"
+            ),
+            "{text}"
+        );
+        // A state the fleet no longer has goes; a deleted fleet's series go.
+        m.devices("ns", "a", [("current", 5)].into());
+        m.retain_fleets(|_, fleet| fleet != "b");
+        let text = m.render();
+        assert!(!text.contains("state=\"updating\""), "{text}");
+        assert!(!text.contains("fleet=\"b\""), "{text}");
+        assert!(text.contains("fleet=\"a\",state=\"current\"} 5"), "{text}");
     }
 }

@@ -153,6 +153,20 @@ async fn reconcile_while_leading(
         ctx.clone(),
         Duration::from_secs((config.offline_after_seconds / 10).clamp(5, 60)),
     )));
+    // A deleted fleet's series leave /metrics with it.
+    let _series = AbortOnDrop(tokio::spawn({
+        let (metrics, fleets) = (ctx.metrics.clone(), fleet_store.clone());
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                metrics.retain_fleets(|ns, name| {
+                    fleets
+                        .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+                        .is_some()
+                });
+            }
+        }
+    }));
     let _synced = AbortOnDrop(tokio::spawn({
         let (ctx, health, fleets, revisions, devices) = (
             ctx.clone(),

@@ -12,7 +12,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-/// Metrics in the Prometheus text format.
+/// Metrics in the OpenMetrics text format.
 pub trait Exposition: Send + Sync {
     fn render(&self) -> String;
 }
@@ -38,8 +38,17 @@ async fn handle(
         ),
         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
     };
+    let metrics = req.uri().path() == "/metrics";
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
+    if metrics {
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+    }
     Ok(response)
 }
 

@@ -142,6 +142,7 @@ pub async fn serve(
 }
 
 async fn handle(gw: &Gateway, req: Request<Incoming>) -> Reply {
+    let started = std::time::Instant::now();
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -173,7 +174,8 @@ async fn handle(gw: &Gateway, req: Request<Incoming>) -> Reply {
     };
     let reply =
         result.unwrap_or_else(|Fail(code, error)| json_reply(code, &json!({ "error": error })));
-    gw.metrics.request(route, reply.status().as_u16());
+    gw.metrics
+        .request(route, reply.status().as_u16(), started.elapsed());
     reply
 }
 

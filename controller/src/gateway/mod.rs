@@ -92,9 +92,7 @@ pub async fn run(
             .default_backoff()
             .try_for_each(move |event| {
                 devices.apply(&event);
-                metrics
-                    .devices
-                    .store(devices.len() as u64, Ordering::Relaxed);
+                metrics.set_devices(devices.len());
                 futures::future::ready(Ok(()))
             })
     };
