@@ -1,0 +1,77 @@
+//! Chapter 3: v2, a canary first, then everyone once resumed.
+
+use super::*;
+
+impl World {
+    /// Step 3: v2: one canary, a pause until resumed, then everyone. Returns the canary.
+    pub(super) async fn canary_v2(&mut self, t2: &Value, r: &Revisions) -> anyhow::Result<String> {
+        let (v1, v2) = (r.v1.as_str(), r.v2.as_str());
+        self.n.step(&format!(
+            "rolling out v2 ({v2}): one canary first, then wait for a human"
+        ));
+        self.n.say(
+            "strategy: steps [{devices: 1, pause: {untilResumed: true}}], maxUnavailable 2, failureThreshold 1",
+        );
+        self.apply(fleet(t2, true)).await?;
+        let phase = Phase::new(format!("the canary runs {v2}, the rollout waits"));
+        let mut most_targeted = 0;
+        let canary = loop {
+            let all = self.all_devices().await;
+            let on_v2: Vec<&Device> = all.values().filter(|d| target(d) == Some(v2)).collect();
+            most_targeted = most_targeted.max(on_v2.len());
+            let waiting = self
+                .fleet()
+                .await
+                .is_some_and(|f| ready_reason(&f) == "WaitingForResume");
+            if waiting && on_v2.len() == 1 && done_on(on_v2[0], v2) {
+                break on_v2[0].name_any();
+            }
+            phase.tick(self).await?;
+        };
+        phase.done(self);
+        // Nothing else moves while the rollout waits.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for d in self.all_devices().await.values() {
+            if d.name_any() == canary {
+                continue;
+            }
+            ensure!(
+                target(d) == Some(v1),
+                "{} moved during the pause",
+                d.name_any()
+            );
+            ensure!(
+                current(d) == Some(v1),
+                "{} runs {:?} during the pause, not {v1}",
+                d.name_any(),
+                current(d)
+            );
+        }
+        ensure!(most_targeted == 1, "only the canary goes first");
+        self.n.say(&format!(
+            "canary: {canary} runs v2; the other {} wait on v1 until someone resumes the rollout:",
+            DEVICES - 1
+        ));
+        let resume = json!({"spec": {"resume": {"revision": v2, "step": 0}}}).to_string();
+        self.kubectl(
+            &[
+                "patch", "fleet", FLEET, "-n", &self.ns, "--type", "merge", "-p", &resume,
+            ],
+            "resume",
+        )?;
+        let phase = Phase::new(format!("resumed: {v2} on every device"));
+        loop {
+            let all = self.all_devices().await;
+            let complete = self
+                .fleet()
+                .await
+                .is_some_and(|f| ready_reason(&f) == "RolloutComplete");
+            if complete && all.values().all(|d| done_on(d, v2)) {
+                break;
+            }
+            phase.tick(self).await?;
+        }
+        phase.done(self);
+        Ok(canary)
+    }
+}

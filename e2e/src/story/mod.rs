@@ -1,0 +1,571 @@
+//! The whole story with real devices, told by the end-to-end test (`tests/device_story.rs`) and
+//! by the demo (`make demo`, the `demo-story` binary) alike: a real apiserver, registry,
+//! controller and gateway, and five devices, each a real runtime (containers run by runc) and a
+//! real agent in a network namespace of its own, reaching the gateway and the registry over a
+//! bridge.
+//!
+//! 1. All five enroll with one bootstrap token and appear as Devices (amd64).
+//! 2. Fleet v1 (two busybox containers) reaches every device: updates DONE, `Ready=True`,
+//!    containers running (in `Device.status` and in the runtime itself).
+//! 3. v2 with a canary step that waits to be resumed: one device goes first, alone; after the
+//!    resume (`kubectl patch`), all five run v2.
+//! 4. A broken v3 (a container exits 3): the canary tries it, rolls back to v2 by itself and
+//!    reports `ERROR` with the cause; the rollout aborts and nobody else ever targets v3.
+//! 5. A revoked device's credential is refused (403), and so is a device naming another.
+//! 6. v4 changes one layer of one image: each device downloads that layer and no other.
+//!
+//! Every check fails [`run`] with an error that says what went wrong (and the state of the
+//! Fleet and Devices, and the logs' tails, are printed on standard error). The figures a user
+//! or a benchmark wants are in the [`Summary`]. Needs root (network namespaces, runc).
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, ensure};
+use edgevisor_crds::{Device, Fleet, UpdateStatus};
+use edgevisor_protocol::control::RunState;
+use edgevisor_protocol::lifecycle::Status;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+use crate::Env;
+use crate::controller::{self, Controller};
+use crate::devices::{DeviceOptions, RealDevice, require_tools};
+use crate::gateway::{self, BootstrapToken, Gateway, apply_bootstrap_token};
+use crate::images::{AppImage, AppImageSpec, Registry, push_app_image};
+use crate::netns::{Lan, TcpForward};
+use crate::process::{free_port_on, log_tail};
+use crate::tls::{TlsFiles, make_server_cert};
+
+mod broken_v3;
+mod canary_v2;
+mod enroll;
+mod gateway_restart;
+mod narration;
+mod one_layer;
+mod reads;
+mod revoke;
+mod roll_out_v1;
+mod templates;
+
+use narration::*;
+pub use narration::{Narrator, indent};
+use reads::*;
+pub use templates::reset_namespace;
+use templates::*;
+
+/// How many devices play.
+pub const DEVICES: usize = 5;
+/// The Fleet's name.
+pub const FLEET: &str = "kiosks";
+/// The label (`role=<ROLE>`) the bootstrap token puts on every Device, and the Fleet selects.
+pub const ROLE: &str = "story-kiosk";
+/// Size of the incompressible payload of the app layer: the layer a one-layer update moves.
+pub const APP_PAYLOAD: usize = 256 * 1024;
+/// Most bytes a device may download for a one-layer change, as a multiple of that layer.
+pub const MAX_ONE_LAYER_RATIO: f64 = 1.02;
+const APP_SCRIPT: &str = "#!/bin/sh\necho \"app $VERSION up\"\nwhile true; do sleep 1; done\n";
+/// Longest wait for one phase.
+const PHASE: Duration = Duration::from_secs(300);
+const ENROLL: Duration = Duration::from_secs(90);
+
+// === options and results ===
+
+/// Where and how the story is told.
+#[derive(Clone, Debug)]
+pub struct StoryOptions {
+    /// The namespace of the Devices and the Fleet (it must exist; see [`reset_namespace`]).
+    pub namespace: String,
+    /// The devices' LAN: names start with this prefix (see [`Lan`]), addresses are
+    /// `10.213.<subnet>.0/24`.
+    pub lan_prefix: String,
+    pub subnet: u8,
+    /// The bootstrap-token Secret (in the release namespace) the devices enroll with; one of
+    /// [`crate::release::TOKEN_SECRETS`], which the chart lets the gateway read.
+    pub token_secret: String,
+    /// The controller's identity in its Lease.
+    pub controller_identity: String,
+    /// Certificates and other files of the cluster side (removed at the end unless it fails).
+    pub work_dir: PathBuf,
+    /// The devices' directories (`<device_dir>/<name>`; removed at the end unless it fails).
+    /// Keep it short: a control socket's path must fit in 108 bytes.
+    pub device_dir: PathBuf,
+    /// Where the narration goes.
+    pub narrator: Narrator,
+    /// Print a line whenever a Device's or the Fleet's status changes (like `kubectl get -w`).
+    pub live_view: bool,
+    /// Write the controller's and the gateway's process ids here while they run (so that
+    /// `e2e/env down` can stop what a killed demo left behind).
+    pub pid_file: Option<PathBuf>,
+}
+
+impl StoryOptions {
+    /// The story in `namespace`, on LAN `10.213.<subnet>.0/24`, with the test defaults: token
+    /// Secret `e2e-token-story`, files under `target/e2e-env/story-<pid>` and
+    /// `/tmp/edgevisor-e2e/story-<pid>`, narration on standard error, no live view.
+    pub fn new(env: &Env, namespace: &str, lan_prefix: &str, subnet: u8) -> StoryOptions {
+        let pid = std::process::id();
+        StoryOptions {
+            namespace: namespace.to_string(),
+            lan_prefix: lan_prefix.to_string(),
+            subnet,
+            token_secret: "e2e-token-story".to_string(),
+            controller_identity: "story".to_string(),
+            work_dir: env.repo.join(format!("target/e2e-env/story-{pid}")),
+            device_dir: PathBuf::from(format!("/tmp/edgevisor-e2e/story-{pid}")),
+            narrator: Narrator::stderr(),
+            live_view: false,
+            pid_file: None,
+        }
+    }
+}
+
+/// The FleetRevision of each version of the Fleet.
+#[derive(Clone, Debug, Default)]
+pub struct Revisions {
+    pub v1: String,
+    pub v2: String,
+    /// The broken one.
+    pub v3: String,
+    /// v2 with one layer changed.
+    pub v4: String,
+}
+
+/// What one device fetched for the one-layer change.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    pub device: String,
+    /// What it reported (`status.update.downloadedBytes`).
+    pub downloaded_bytes: u64,
+    /// What crossed the wire from the registry to it, HTTP included.
+    pub from_registry: u64,
+}
+
+/// What happened, with the figures.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub namespace: String,
+    pub fleet: String,
+    /// The devices, in order.
+    pub devices: Vec<String>,
+    /// `<namespace>/<name>` of the bootstrap-token Secret they enrolled with.
+    pub token_secret: String,
+    pub revisions: Revisions,
+    /// Bytes each device downloaded for v1 (the whole of both images).
+    pub v1_downloaded: BTreeMap<String, u64>,
+    /// The device that went first.
+    pub canary: String,
+    /// Why the canary's update to v3 failed, as it reported it.
+    pub canary_failure: Failure,
+    /// The Fleet's `Ready` message after the abort.
+    pub abort_message: String,
+    /// The Fleet's `RolloutAborted` event.
+    pub abort_event: String,
+    /// The revoked device, and what the gateway answered its credential afterwards.
+    pub revoked: String,
+    pub revoked_status: u16,
+    /// The changed layer's and the new config's sizes.
+    pub layer_bytes: u64,
+    pub config_bytes: u64,
+    /// Per remaining device, what the one-layer change cost.
+    pub one_layer: Vec<Fetched>,
+    /// The largest `downloadedBytes / layer_bytes`.
+    pub ratio: f64,
+    /// The largest `downloadedBytes`.
+    pub downloaded_max: u64,
+    /// How long each phase took.
+    pub phases: Vec<(String, Duration)>,
+    /// How long the whole story took.
+    pub elapsed: Duration,
+    /// The controller's and the gateway's logs.
+    pub controller_log: PathBuf,
+    pub gateway_log: PathBuf,
+}
+
+impl Summary {
+    /// Fails when a device downloaded more than [`MAX_ONE_LAYER_RATIO`] times the changed layer.
+    pub fn check_ratio(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.ratio <= MAX_ONE_LAYER_RATIO,
+            "a device downloaded {:.4}× the changed layer",
+            self.ratio
+        );
+        Ok(())
+    }
+}
+
+// === the story's world ===
+
+/// The images the Fleet's versions use.
+struct Images {
+    app_v1: AppImage,
+    app_v2: AppImage,
+    app_v4: AppImage,
+    side: AppImage,
+}
+
+/// Everything the story runs; fields drop in order: devices first, the LAN last.
+struct World {
+    devices: Vec<RealDevice>,
+    _live_view: Option<LiveView>,
+    gateway: Gateway,
+    gateway_options: gateway::Options,
+    controller: Controller,
+    forward: TcpForward,
+    lan: Lan,
+    env: &'static Env,
+    options: StoryOptions,
+    ns: String,
+    n: Narrator,
+    labels: Labels,
+    devices_api: Api<Device>,
+    fleets: Api<Fleet>,
+    tls: TlsFiles,
+    token: BootstrapToken,
+    images: Images,
+    /// Log files printed when the story fails.
+    logs: Vec<(String, PathBuf)>,
+    phases: Vec<(String, Duration)>,
+    started: Instant,
+}
+
+/// One wait of the story, with its deadline.
+struct Phase {
+    what: String,
+    started: Instant,
+}
+
+impl Phase {
+    fn new(what: impl Into<String>) -> Phase {
+        Phase {
+            what: what.into(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Sleeps a little, or fails if the phase took too long.
+    async fn tick(&self, world: &World) -> anyhow::Result<()> {
+        ensure!(
+            self.started.elapsed() < PHASE,
+            "timed out ({PHASE:?}) waiting for: {}\n{}",
+            self.what,
+            world.tables()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        Ok(())
+    }
+
+    fn done(self, world: &mut World) {
+        let took = self.started.elapsed();
+        world
+            .n
+            .say(&format!("ok: {} ({:.1}s)", self.what, took.as_secs_f64()));
+        world.phases.push((self.what, took));
+    }
+}
+
+/// Runs the whole story in `options.namespace` (which must exist) and returns what happened.
+/// The devices, the gateway and the controller are stopped at the end; the Kubernetes objects
+/// stay.
+pub async fn run(env: &'static Env, options: &StoryOptions) -> anyhow::Result<Summary> {
+    require_tools()?;
+    let mut world = World::start(env, options).await?;
+    let result = world.play().await;
+    if result.is_err() {
+        world.dump();
+    }
+    world.stop(result.is_ok());
+    result
+}
+
+impl World {
+    /// The LAN, the registry forwarded to it, TLS, the chart, the bootstrap token, the
+    /// controller, the gateway and the images.
+    async fn start(env: &'static Env, options: &StoryOptions) -> anyhow::Result<World> {
+        let n = options.narrator.clone();
+        let ns = options.namespace.clone();
+        let started = Instant::now();
+        let client = env.client().await?;
+        n.step(&format!(
+            "installing the chart; starting the controller and the gateway as its ServiceAccounts, and a LAN for {DEVICES} devices"
+        ));
+        let lan =
+            Lan::create(&options.lan_prefix, options.subnet, DEVICES).context("the device LAN")?;
+        let registry_addr: SocketAddr = env
+            .registry
+            .to_socket_addrs()
+            .context("the registry's address")?
+            .next()
+            .context("the registry does not resolve")?;
+        let forward = TcpForward::start(SocketAddr::new(IpAddr::V4(lan.host()), 0), registry_addr)
+            .context("forwarding the registry to the LAN")?;
+        let tls = make_server_cert(&options.work_dir.join("tls"), &[IpAddr::V4(lan.host())])
+            .context("certificates")?;
+        crate::release::install_chart(env);
+        let mut token = BootstrapToken::new(&ns)?;
+        token.secret = options.token_secret.clone();
+        token.labels.insert("role".into(), ROLE.into());
+        apply_bootstrap_token(&client, &token)
+            .await
+            .context("the bootstrap token")?;
+
+        let controller = Controller::start(
+            env,
+            &controller::Options {
+                namespace: &ns,
+                identity: &options.controller_identity,
+                lease_seconds: 15,
+                args: &[],
+            },
+        )
+        .context("the controller")?;
+        let listen = SocketAddr::new(
+            IpAddr::V4(lan.host()),
+            free_port_on(IpAddr::V4(lan.host())).context("a port")?,
+        );
+        let mut gateway_options = gateway::Options::new(&ns, listen, &tls);
+        gateway_options.namespace = Some(ns.clone());
+        gateway_options.bootstrap_token_secrets = vec![token.secret.clone()];
+        gateway_options.device_registries =
+            vec![(env.registry.clone(), format!("http://{}", forward.addr()))];
+        gateway_options.status_coalesce_ms = Some(500);
+        let gateway = Gateway::start(env, &gateway_options).context("the gateway")?;
+        if let Some(pid_file) = &options.pid_file {
+            std::fs::write(
+                pid_file,
+                format!("{}\n{}\n", controller.pid(), gateway.pid()),
+            )
+            .with_context(|| format!("writing {}", pid_file.display()))?;
+        }
+
+        let registry = Registry::new(&env.registry);
+        let push = |name: &'static str, tag: &'static str, seed: u64, payload: usize| {
+            let registry = &registry;
+            let repo = format!("e2e/{ns}/{name}");
+            async move {
+                push_app_image(
+                    registry,
+                    &AppImageSpec {
+                        repo: &repo,
+                        tag,
+                        architecture: "amd64",
+                        script: APP_SCRIPT,
+                        seed,
+                        payload,
+                    },
+                )
+                .await
+                .with_context(|| format!("pushing {repo}:{tag}"))
+            }
+        };
+        let images = Images {
+            app_v1: push("app", "v1", 1, APP_PAYLOAD).await?,
+            app_v2: push("app", "v2", 2, APP_PAYLOAD).await?,
+            app_v4: push("app", "v4", 4, APP_PAYLOAD).await?,
+            side: push("side", "v1", 100, 4096).await?,
+        };
+        ensure!(
+            images.app_v2.base_layer_digest == images.app_v4.base_layer_digest,
+            "app:v2 and app:v4 share their busybox layer"
+        );
+        ensure!(
+            images.app_v2.app_layer_digest != images.app_v4.app_layer_digest,
+            "app:v2 and app:v4 differ in their app layer"
+        );
+        n.say(&format!(
+            "controller: as ServiceAccount {rns}/edgevisor-controller, watching namespace {ns}\n\
+             gateway:    {} as ServiceAccount {rns}/{}\n\
+             registry:   {}, reached by the devices at http://{}\n\
+             images:     e2e/{ns}/app:v1, :v2, :v4 (busybox + a {} KiB app layer), e2e/{ns}/side:v1\n\
+             ready in {:.1}s",
+            gateway.url,
+            gateway::SERVICE_ACCOUNT,
+            env.registry,
+            forward.addr(),
+            APP_PAYLOAD / 1024,
+            started.elapsed().as_secs_f64(),
+            rns = crate::release::RELEASE_NAMESPACE,
+        ));
+
+        let labels = Labels::default();
+        let live_view = options
+            .live_view
+            .then(|| LiveView::start(&client, &ns, &n, &labels));
+        let logs = vec![
+            ("controller".to_string(), controller.log.clone()),
+            ("gateway".to_string(), gateway.log.clone()),
+        ];
+        Ok(World {
+            devices: Vec::new(),
+            _live_view: live_view,
+            gateway,
+            gateway_options,
+            controller,
+            forward,
+            lan,
+            env,
+            options: options.clone(),
+            devices_api: Api::namespaced(client.clone(), &ns),
+            fleets: Api::namespaced(client, &ns),
+            ns,
+            n,
+            labels,
+            tls,
+            token,
+            images,
+            logs,
+            phases: Vec::new(),
+            started,
+        })
+    }
+
+    async fn all_devices(&self) -> BTreeMap<String, Device> {
+        match self.devices_api.list(&ListParams::default()).await {
+            Ok(list) => list.items.into_iter().map(|d| (d.name_any(), d)).collect(),
+            Err(e) => {
+                eprintln!("listing devices: {e}");
+                BTreeMap::new()
+            }
+        }
+    }
+
+    async fn fleet(&self) -> Option<Fleet> {
+        self.fleets.get_opt(FLEET).await.ok().flatten()
+    }
+
+    fn tables(&self) -> String {
+        let get = |what: &str| {
+            let run = self
+                .env
+                .kubectl(["get", what, "-n", &self.ns, "-o", "wide"])
+                .run();
+            format!("{}{}", run.stdout, run.stderr)
+        };
+        format!("{}\n{}", get("fleets"), get("devices"))
+    }
+
+    async fn apply(&self, fleet: Value) -> anyhow::Result<()> {
+        self.fleets
+            .patch(
+                FLEET,
+                &PatchParams::apply("e2e-user").force(),
+                &Patch::Apply(fleet),
+            )
+            .await
+            .context("applying the fleet")?;
+        Ok(())
+    }
+
+    /// `kubectl <args>` as the admin, said first.
+    fn kubectl(&self, args: &[&str], what: &str) -> anyhow::Result<String> {
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.contains(['{', ' ', '"']) {
+                    format!("'{a}'")
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        self.n.say(&format!("$ kubectl {}", shown.join(" ")));
+        self.env.kubectl(args).run().checked(what)
+    }
+
+    /// A new revision: its name, known to the live view as `label`.
+    fn revision(&self, template: &Value, label: &str) -> anyhow::Result<String> {
+        let name = revision_name(template)?;
+        self.labels.set(&name, label);
+        Ok(name)
+    }
+
+    /// Prints the state and the logs' tails, and keeps the devices' directories.
+    fn dump(&mut self) {
+        eprintln!("==== state at failure ====\n{}", self.tables());
+        for (name, path) in &self.logs {
+            eprintln!(
+                "==== {name} ({}) ====\n{}",
+                path.display(),
+                log_tail(path, 40)
+            );
+        }
+        for device in &mut self.devices {
+            device.keep_dir();
+        }
+    }
+
+    /// Stops the devices, the gateway and the controller; on success, removes their files.
+    fn stop(mut self, success: bool) {
+        self._live_view = None;
+        for mut device in std::mem::take(&mut self.devices) {
+            device.shutdown();
+        }
+        if let Err(e) = self.gateway.stop() {
+            eprintln!("stopping the gateway: {e:#}");
+        }
+        if let Err(e) = self.controller.stop() {
+            eprintln!("stopping the controller: {e:#}");
+        }
+        if let Some(pid_file) = &self.options.pid_file {
+            let _ = std::fs::remove_file(pid_file);
+        }
+        if success {
+            let _ = std::fs::remove_dir_all(&self.options.device_dir);
+            let _ = std::fs::remove_dir_all(&self.options.work_dir);
+        }
+    }
+
+    async fn play(&mut self) -> anyhow::Result<Summary> {
+        let devices = self.enroll().await?;
+        let side_ref = self.images.side.reference.clone();
+        let t1 = template(&self.images.app_v1.reference, &side_ref, "v1", false);
+        let t2 = template(&self.images.app_v2.reference, &side_ref, "v2", false);
+        let t3 = template(&self.images.app_v2.reference, &side_ref, "v3", true);
+        let t4 = template(&self.images.app_v4.reference, &side_ref, "v2", false);
+        let revisions = Revisions {
+            v1: self.revision(&t1, "v1")?,
+            v2: self.revision(&t2, "v2")?,
+            v3: self.revision(&t3, "v3")?,
+            v4: self.revision(&t4, "v4")?,
+        };
+        let v1_downloaded = self.roll_out_v1(&t1, &revisions.v1).await?;
+        self.restart_gateway().await?;
+        let canary = self.canary_v2(&t2, &revisions).await?;
+        let (canary_failure, abort_message, abort_event) =
+            self.broken_v3(&t3, &revisions, &canary).await?;
+        let (revoked, revoked_status) = self.revoke(&revisions, &canary).await?;
+        let (one_layer, ratio, downloaded_max) =
+            self.one_layer(&t4, &revisions.v4, &revoked).await?;
+        Ok(Summary {
+            namespace: self.ns.clone(),
+            fleet: FLEET.to_string(),
+            devices,
+            token_secret: format!("{}/{}", self.token.namespace, self.token.secret),
+            revisions,
+            v1_downloaded,
+            canary,
+            canary_failure,
+            abort_message,
+            abort_event,
+            revoked,
+            revoked_status,
+            layer_bytes: self.images.app_v4.app_layer_size,
+            config_bytes: self.images.app_v4.config_size,
+            one_layer,
+            ratio,
+            downloaded_max,
+            phases: self.phases.clone(),
+            elapsed: self.started.elapsed(),
+            controller_log: self.controller.log.clone(),
+            gateway_log: self.gateway.log.clone(),
+        })
+    }
+}
