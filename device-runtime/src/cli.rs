@@ -158,5 +158,11 @@ pub enum EvctlCommand {
         path: String,
         #[arg(long, default_value_t = 2000)]
         requests: usize,
+        /// Instead of throughput: send a request every --interval-ms for this many seconds,
+        /// each on a new connection, and print the p50, p99 and largest latency in seconds.
+        #[arg(long)]
+        latency_seconds: Option<f64>,
+        #[arg(long, default_value_t = 5)]
+        interval_ms: u64,
     },
 }

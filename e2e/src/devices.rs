@@ -256,6 +256,21 @@ impl RealDevice {
         kill_group(self.agent.take());
     }
 
+    /// Resident memory of its runtime and its agent, in bytes (0 for one not running).
+    pub fn rss_bytes(&self) -> (u64, u64) {
+        let rss = |child: Option<&Child>| {
+            child
+                .and_then(|c| std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok())
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                })
+                .map_or(0, |kb| kb * 1024)
+        };
+        (rss(self.runtime.as_ref()), rss(self.agent.as_ref()))
+    }
+
     /// The device's name.
     pub fn name(&self) -> &str {
         &self.options.name

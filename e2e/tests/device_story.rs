@@ -4,7 +4,8 @@
 //! broken v3 the canary rolls back by itself and that aborts the rollout, a revocation, and a
 //! one-layer change whose bytes are measured.
 //!
-//! Prints `bench: one_layer_bytes_ratio …` (read by `e2e/bench/fleet`). Needs root (network
+//! Prints `bench: one_layer_bytes_ratio …` (read by `e2e/bench/fleet`) and the canary's
+//! memory after it all, `bench: device_rss_after_updates_bytes …` (read by `e2e/bench/device`). Needs root (network
 //! namespaces, runc); skips without it.
 use edgevisor_e2e::Env;
 use edgevisor_e2e::story::{self, MAX_ONE_LAYER_RATIO, StoryOptions};
@@ -19,7 +20,14 @@ async fn five_real_devices_enroll_roll_out_fail_a_canary_get_revoked_and_fetch_o
     let ns = env.namespace("story");
     // Subnet 21 is the story test's (see netns.rs); the token Secret is its own (listed in
     // release::TOKEN_SECRETS), so tests that run at the same time do not replace each other's.
-    let options = StoryOptions::new(env, &ns, "evstory", 21);
+    let mut options = StoryOptions::new(env, &ns, "evstory", 21);
+    // e2e/bench/device lets the devices rest before their memory is read.
+    if let Some(s) = std::env::var("EDGEVISOR_STORY_IDLE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        options.idle = std::time::Duration::from_secs(s);
+    }
     let summary = match story::run(env, &options).await {
         Ok(summary) => summary,
         Err(e) => panic!("{e:#}"),
@@ -34,6 +42,13 @@ async fn five_real_devices_enroll_roll_out_fail_a_canary_get_revoked_and_fetch_o
         "bench: one_layer_changed_layer_bytes {} bytes",
         summary.layer_bytes
     );
+    let (runtime, agent) = summary.canary_rss;
+    println!(
+        "bench: device_rss_after_updates_bytes {} bytes",
+        runtime + agent
+    );
+    println!("bench: device_runtime_rss_after_updates_bytes {runtime} bytes");
+    println!("bench: device_agent_rss_after_updates_bytes {agent} bytes");
     eprintln!("==> the story took {:.1}s", summary.elapsed.as_secs_f64());
 
     assert_eq!(summary.devices.len(), story::DEVICES);

@@ -94,6 +94,7 @@ async fn demo(cli: Cli) -> anyhow::Result<()> {
         narrator: n.clone(),
         live_view: !cli.quiet,
         pid_file: Some(pid_file.clone()),
+        idle: std::time::Duration::ZERO,
     };
     // Ctrl-C, a closed terminal or `kill` stop the story: dropping it stops the devices (which
     // run in process groups of their own, out of the terminal's reach), the gateway and the

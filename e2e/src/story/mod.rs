@@ -105,6 +105,9 @@ pub struct StoryOptions {
     /// Write the controller's and the gateway's process ids here while they run (so that
     /// `e2e/env down` can stop what a killed demo left behind).
     pub pid_file: Option<PathBuf>,
+    /// How long the devices rest after the last chapter before the canary's memory is
+    /// read (`e2e/bench/device` sets it; zero reads at once).
+    pub idle: Duration,
 }
 
 impl StoryOptions {
@@ -122,6 +125,7 @@ impl StoryOptions {
             work_dir: env.repo.join(format!("target/e2e-env/story-{pid}")),
             device_dir: PathBuf::from(format!("/tmp/edgevisor-e2e/story-{pid}")),
             narrator: Narrator::stderr(),
+            idle: Duration::ZERO,
             live_view: false,
             pid_file: None,
         }
@@ -181,6 +185,10 @@ pub struct Summary {
     pub ratio: f64,
     /// The largest `downloadedBytes`.
     pub downloaded_max: u64,
+    /// The canary's runtime and agent resident memory, idle after all of it (several
+    /// updates, a failed try and a rollback): bytes, after `idle` of rest.
+    pub canary_rss: (u64, u64),
+    pub idle: Duration,
     /// How long each phase took.
     pub phases: Vec<(String, Duration)>,
     /// How long the whole story took.
@@ -544,6 +552,20 @@ impl World {
         let (revoked, revoked_status) = self.revoke(&revisions, &canary).await?;
         let (one_layer, ratio, downloaded_max) =
             self.one_layer(&t4, &revisions.v4, &revoked).await?;
+        let idle = self.options.idle;
+        if !idle.is_zero() {
+            self.n.step(&format!(
+                "resting {}s before measuring a device's memory",
+                idle.as_secs()
+            ));
+            tokio::time::sleep(idle).await;
+        }
+        let canary_rss = self
+            .devices
+            .iter()
+            .find(|d| d.name() == canary)
+            .map(RealDevice::rss_bytes)
+            .unwrap_or_default();
         Ok(Summary {
             namespace: self.ns.clone(),
             fleet: FLEET.to_string(),
@@ -562,6 +584,8 @@ impl World {
             one_layer,
             ratio,
             downloaded_max,
+            canary_rss,
+            idle,
             phases: self.phases.clone(),
             elapsed: self.started.elapsed(),
             controller_log: self.controller.log.clone(),

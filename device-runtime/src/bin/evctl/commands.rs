@@ -254,7 +254,17 @@ pub async fn run(args: EvctlArgs) -> Result<()> {
                 }
             }
         }
-        EvctlCommand::Bench { path, requests } => {
+        EvctlCommand::Bench {
+            path,
+            requests,
+            latency_seconds: Some(seconds),
+            interval_ms,
+        } => {
+            let _ = requests;
+            let (p50, p99, max) = latencies(&args.socket, &path, seconds, interval_ms).await?;
+            println!("{p50:.6} {p99:.6} {max:.6}");
+        }
+        EvctlCommand::Bench { path, requests, .. } => {
             c.call(Method::GET, &path, "").await?;
             let t = std::time::Instant::now();
             for _ in 0..requests {
@@ -277,6 +287,42 @@ pub async fn run(args: EvctlArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Latencies of `GET path`, one request every `interval_ms` for `seconds`, each from a new
+/// client (as a tool polling the runtime would): (p50, p99, max) in seconds. Requests are
+/// sent on schedule whether or not the previous one answered, so a stalled socket shows
+/// as the latency of every request it held.
+async fn latencies(
+    socket: &Path,
+    path: &str,
+    seconds: f64,
+    interval_ms: u64,
+) -> Result<(f64, f64, f64)> {
+    let mut tasks = Vec::new();
+    let start = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
+    while start.elapsed().as_secs_f64() < seconds {
+        tick.tick().await;
+        let (socket, path) = (socket.to_owned(), path.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let t = std::time::Instant::now();
+            Client::new(&socket)
+                .call(Method::GET, &path, "")
+                .await
+                .map(|_| t.elapsed().as_secs_f64())
+        }));
+    }
+    let mut all = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        all.push(t.await??);
+    }
+    if all.is_empty() {
+        bail!("no request was sent");
+    }
+    all.sort_by(f64::total_cmp);
+    let at = |q: f64| all[((all.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99), at(1.0)))
 }
 
 fn print_progress(rev: &str, p: &Progress) {
