@@ -17,6 +17,14 @@ pub trait Exposition: Send + Sync {
     fn render(&self) -> String;
 }
 
+/// A registry in the OpenMetrics text format.
+pub fn openmetrics(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
 /// What the endpoints report.
 pub struct Health {
     pub metrics: Arc<dyn Exposition>,

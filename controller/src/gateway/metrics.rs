@@ -4,7 +4,6 @@
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -146,9 +145,7 @@ impl Drop for WaitingGuard<'_> {
 
 impl crate::serve::Exposition for GatewayMetrics {
     fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = encode(&mut out, &self.registry);
-        out
+        crate::serve::openmetrics(&self.registry)
     }
 }
 

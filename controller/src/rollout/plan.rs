@@ -139,6 +139,27 @@ pub struct Plan {
     pub requeue_after: Option<i64>,
 }
 
+#[cfg(test)]
+impl DeviceView {
+    /// An online, ready arm64 device that runs and targets `revision`: what tests vary.
+    pub fn test(name: &str, revision: Option<&str>) -> DeviceView {
+        DeviceView {
+            name: name.to_string(),
+            architecture: Some(Architecture::Arm64),
+            target: revision.map(str::to_owned),
+            current: revision.map(str::to_owned),
+            update: None,
+            targeted_at: Some(0),
+            paused: false,
+            pinned: None,
+            online: true,
+            ready: true,
+            failed_revisions: vec![],
+            revoked: false,
+        }
+    }
+}
+
 /// A stable 64-bit FNV-1a hash of a device name: the canary order. Written out rather than
 /// taken from `std` because `DefaultHasher` may change between Rust releases, and the canaries
 /// must not.

@@ -11,20 +11,7 @@ const OLD: &str = "f-0000000000";
 const NEW: &str = "f-1111111111";
 
 fn device(name: &str) -> DeviceView {
-    DeviceView {
-        name: name.to_string(),
-        architecture: Some(Architecture::Arm64),
-        target: Some(OLD.into()),
-        current: Some(OLD.into()),
-        update: None,
-        targeted_at: Some(0),
-        paused: false,
-        pinned: None,
-        online: true,
-        ready: true,
-        failed_revisions: vec![],
-        revoked: false,
-    }
+    DeviceView::test(name, Some(OLD))
 }
 
 fn fleet_of(n: usize) -> Vec<DeviceView> {

@@ -17,6 +17,13 @@ fn unpack(entries: &[RawEntry]) -> (tempfile::TempDir, Result<UnpackStats, Layer
     (outer, r)
 }
 
+/// Unpacks a layer's raw bytes into a fresh directory, checked against their own digest.
+fn unpack_raw(data: &[u8]) -> (tempfile::TempDir, Result<UnpackStats, LayerError>) {
+    let d = tempfile::tempdir().unwrap();
+    let r = unpack_layer(data, d.path(), Some(&desc(data)), UnpackOptions::default());
+    (d, r)
+}
+
 fn assert_unsafe(r: Result<UnpackStats, LayerError>, what: &str) {
     match r {
         Err(LayerError::Unsafe { reason, .. }) => assert!(reason.contains(what), "{reason}"),
@@ -234,15 +241,8 @@ fn multi_frame_zstd_layers_unpack_every_entry() {
         data.extend(4u32.to_le_bytes());
         data.extend(b"toc!");
     }
-    let d = tempfile::tempdir().unwrap();
-    let s = unpack_layer(
-        &data[..],
-        d.path(),
-        Some(&desc(&data)),
-        UnpackOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(s.entries, 4);
+    let (d, s) = unpack_raw(&data);
+    assert_eq!(s.unwrap().entries, 4);
     assert_eq!(fs::read(d.path().join("a/second")).unwrap().len(), 3000);
     assert_eq!(fs::read(d.path().join("a/third")).unwrap(), b"three");
 }

@@ -1,25 +1,10 @@
 use std::time::Instant;
 
-use edgevisor_crds::Architecture;
-
 use super::*;
 use crate::rollout::plan::Counts;
 
 fn view(name: &str, target: Option<&str>) -> DeviceView {
-    DeviceView {
-        name: name.to_string(),
-        architecture: Some(Architecture::Amd64),
-        target: target.map(str::to_owned),
-        current: target.map(str::to_owned),
-        update: None,
-        targeted_at: Some(0),
-        paused: false,
-        pinned: None,
-        online: true,
-        ready: true,
-        failed_revisions: vec![],
-        revoked: false,
-    }
+    DeviceView::test(name, target)
 }
 
 fn cached(name: &str, role: &str, last_seen: Option<i64>) -> CachedDevice {
