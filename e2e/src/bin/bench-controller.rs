@@ -43,11 +43,31 @@ async fn main() -> anyhow::Result<()> {
     let client: Client = env.client().await?;
     let ns = env.namespace("bench");
     let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
-    let labels: BTreeMap<String, String> = [("role".to_string(), "bench".to_string())].into();
-
-    eprintln!("# creating {} devices in {ns}", args.devices);
-    let started = Instant::now();
     let names: Vec<String> = (0..args.devices).map(|i| format!("dev-{i:05}")).collect();
+    create_devices(&devices, &names).await?;
+    let raw = baseline(&devices, &names, args.concurrency).await?;
+    let (rollout, writes, rss) =
+        controller_rollout(env, &client, &ns, &devices, args.devices).await?;
+
+    println!("bench: rollout_seconds {rollout:.2} s");
+    println!("bench: raw_patch_seconds {raw:.2} s");
+    println!("bench: rollout_speed_ratio {:.2} ratio", raw / rollout);
+    println!(
+        "bench: controller_rss_bytes_per_device {:.0} bytes",
+        rss as f64 / args.devices as f64
+    );
+    println!(
+        "bench: apiserver_writes_per_device {:.3} writes",
+        writes / args.devices as f64
+    );
+    Ok(())
+}
+
+/// The fleet's Devices, online, as the gateway would have them.
+async fn create_devices(devices: &Api<Device>, names: &[String]) -> anyhow::Result<()> {
+    let labels: BTreeMap<String, String> = [("role".to_string(), "bench".to_string())].into();
+    eprintln!("# creating {} devices", names.len());
+    let started = Instant::now();
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(names.iter().cloned())
         .map(|name| {
             let (devices, labels) = (devices.clone(), labels.clone());
@@ -62,8 +82,15 @@ async fn main() -> anyhow::Result<()> {
         .await;
     results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     eprintln!("# created in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
 
-    // The baseline: the same patch the controller makes, in a plain loop.
+/// Seconds the same patch the controller makes takes in a plain loop.
+async fn baseline(
+    devices: &Api<Device>,
+    names: &[String],
+    concurrency: usize,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let at = k8s_openapi::jiff::Timestamp::now().to_string();
     let results: Vec<kube::Result<Device>> = futures::stream::iter(names.iter().cloned())
@@ -82,18 +109,27 @@ async fn main() -> anyhow::Result<()> {
                     .await
             }
         })
-        .buffer_unordered(args.concurrency)
+        .buffer_unordered(concurrency)
         .collect()
         .await;
     results.into_iter().collect::<kube::Result<Vec<Device>>>()?;
-    let raw = started.elapsed().as_secs_f64();
+    Ok(started.elapsed().as_secs_f64())
+}
 
-    // The controller, as the chart's ServiceAccount.
-    let (controller, image) = bench_controller(env, &ns, "bench").await?;
+/// The controller, as the chart's ServiceAccount, rolls the fleet out: (seconds, apiserver
+/// writes, its resident memory).
+async fn controller_rollout(
+    env: &Env,
+    client: &Client,
+    ns: &str,
+    devices: &Api<Device>,
+    n: usize,
+) -> anyhow::Result<(f64, f64, u64)> {
+    let (controller, image) = bench_controller(env, ns, "bench").await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let writes_before = apiserver_writes(env).await?;
-    let fleets: Api<edgevisor_crds::Fleet> = Api::namespaced(client.clone(), &ns);
+    let fleets: Api<edgevisor_crds::Fleet> = Api::namespaced(client.clone(), ns);
     let started = Instant::now();
     let revision = apply_bench_fleet(&fleets, "bench", &image, || controller.log_tail()).await?;
     // Watch the controller's own count of target writes (cheap), not 10,000 Devices (a list
@@ -109,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .text()
             .await?;
-        if writes_metric(&text) >= args.devices {
+        if writes_metric(&text) >= n {
             break;
         }
         if started.elapsed() > Duration::from_secs(600) {
@@ -118,24 +154,11 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rollout = started.elapsed().as_secs_f64();
-    if !all_targeted(&devices, &revision, args.devices).await? {
+    if !all_targeted(devices, &revision, n).await? {
         bail!("the controller counted its writes but not every device has the revision");
     }
     // Let the status writes that follow the targets land before counting.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let writes = apiserver_writes(env).await? - writes_before;
-    let rss = rss_bytes(controller.pid())?;
-
-    println!("bench: rollout_seconds {rollout:.2} s");
-    println!("bench: raw_patch_seconds {raw:.2} s");
-    println!("bench: rollout_speed_ratio {:.2} ratio", raw / rollout);
-    println!(
-        "bench: controller_rss_bytes_per_device {:.0} bytes",
-        rss as f64 / args.devices as f64
-    );
-    println!(
-        "bench: apiserver_writes_per_device {:.3} writes",
-        writes / args.devices as f64
-    );
-    Ok(())
+    Ok((rollout, writes, rss_bytes(controller.pid())?))
 }

@@ -186,29 +186,93 @@ async fn main() -> anyhow::Result<()> {
     let client: Client = env.client().await?;
     let ns = env.namespace("fleetbench");
     let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
-
     let dir = env
         .repo
         .join(format!("target/e2e-env/bench-fleet-{}", std::process::id()));
-    let tls = edgevisor_e2e::tls::make_server_cert(&dir, &[])?;
-    let mut token = BootstrapToken::new(&ns)?;
+    let (gw, tls, token) = start_gateway(env, &client, &ns, &dir, &args).await?;
+    let agents = enroll(&gw, &tls, &token, args.devices).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Seen = Default::default();
+    let tasks: Vec<_> = agents
+        .iter()
+        .cloned()
+        .map(|a| tokio::spawn(a.run(stop.clone(), seen.clone(), args.wait_seconds)))
+        .collect();
+    wait_online(&devices, args.devices, &gw).await?;
+    let (controller, image) = bench_controller(env, &ns, "fleetbench").await?;
+    let r = rollout(
+        env,
+        &client,
+        &ns,
+        &devices,
+        &image,
+        &controller,
+        &gw,
+        &seen,
+        args.devices,
+    )
+    .await?;
+    let gateway_rss = rss_bytes(gw.pid())?;
+    let idle_writes = idle(env, args.idle_seconds).await?;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.abort();
+    }
+    let n = args.devices as f64;
+    println!("bench: fleet_rollout_seconds {:.2} s", r.seconds);
+    println!("bench: gateway_rss_bytes {gateway_rss} bytes");
+    println!(
+        "bench: apiserver_writes_per_device_update {:.2} writes",
+        r.writes / n
+    );
+    println!(
+        "bench: apiserver_writes_per_device_idle_hour {:.2} writes",
+        idle_writes / n * 3600.0 / args.idle_seconds as f64
+    );
+    println!(
+        "bench: target_delay_p99_seconds {:.3} s",
+        percentile(r.delays, 0.99)
+    );
+    let _ = std::fs::remove_dir_all(&dir).context("removing the TLS dir");
+    Ok(())
+}
+
+/// A gateway for the namespace, with a bootstrap token of its own, ready to serve.
+async fn start_gateway(
+    env: &Env,
+    client: &Client,
+    ns: &str,
+    dir: &std::path::Path,
+    args: &Args,
+) -> anyhow::Result<(Gateway, edgevisor_e2e::tls::TlsFiles, BootstrapToken)> {
+    let tls = edgevisor_e2e::tls::make_server_cert(dir, &[])?;
+    let mut token = BootstrapToken::new(ns)?;
     token.labels.insert("role".into(), "fleetbench".into());
     token.secret = "e2e-token-bench".into();
-    gateway::apply_bootstrap_token(&client, &token).await?;
+    gateway::apply_bootstrap_token(client, &token).await?;
     let listen = format!("127.0.0.1:{}", free_port()?).parse()?;
     let mut options = gateway::Options::new("bench", listen, &tls);
-    options.namespace = Some(ns.clone());
+    options.namespace = Some(ns.to_owned());
     options.bootstrap_token_secrets = vec![token.secret.clone()];
     options.liveness_interval_seconds = args.liveness_interval_seconds;
     let mut gw = Gateway::start(env, &options)?;
     gw.wait_listening(Duration::from_secs(60))?;
     wait_ready(&gw.metrics, Duration::from_secs(60), || gw.log_tail()).await?;
+    Ok((gw, tls, token))
+}
 
+/// Enrolls every agent, each with its own HTTPS connection.
+async fn enroll(
+    gw: &Gateway,
+    tls: &edgevisor_e2e::tls::TlsFiles,
+    token: &BootstrapToken,
+    devices: usize,
+) -> anyhow::Result<Vec<Agent>> {
     // Enroll every agent, each with its own HTTPS connection.
-    eprintln!("# enrolling {} agents in {ns}", args.devices);
+    eprintln!("# enrolling {devices} agents");
     let started = Instant::now();
     let ca = reqwest::Certificate::from_pem(&tls.ca_pem()?)?;
-    let enrolled: Vec<anyhow::Result<Agent>> = futures::stream::iter(0..args.devices)
+    let enrolled: Vec<anyhow::Result<Agent>> = futures::stream::iter(0..devices)
         .map(|i| {
             let (ca, base, token) = (ca.clone(), gw.url.clone(), token.token.clone());
             async move {
@@ -254,14 +318,11 @@ async fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<Agent>>>()?;
     eprintln!("# enrolled in {:.1}s", started.elapsed().as_secs_f64());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen: Seen = Default::default();
-    let tasks: Vec<_> = agents
-        .iter()
-        .cloned()
-        .map(|a| tokio::spawn(a.run(stop.clone(), seen.clone(), args.wait_seconds)))
-        .collect();
-    // Devices are online once the gateway's liveness write lands.
+    Ok(agents)
+}
+
+/// Waits until every device is online: the gateway's liveness write has landed.
+async fn wait_online(devices: &Api<Device>, n: usize, gw: &Gateway) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let online = devices
@@ -277,21 +338,43 @@ async fn main() -> anyhow::Result<()> {
                 })
             })
             .count();
-        if online == args.devices {
+        if online == n {
             break;
         }
         if Instant::now() > deadline {
             bail!(
                 "only {online} of {} devices came online:\n{}",
-                args.devices,
+                n,
                 gw.log_tail()
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
-    // The controller, and a watch that notes when each device's target changes.
-    let (controller, image) = bench_controller(env, &ns, "fleetbench").await?;
+    Ok(())
+}
+
+/// What one rollout to every agent cost.
+struct Rollout {
+    seconds: f64,
+    writes: f64,
+    /// Per device, from the watch seeing its new target to its agent seeing it.
+    delays: Vec<f64>,
+}
+
+/// Rolls a fleet out to every agent, watching when each device's target changes.
+#[allow(clippy::too_many_arguments)]
+async fn rollout(
+    env: &Env,
+    client: &Client,
+    ns: &str,
+    devices: &Api<Device>,
+    image: &str,
+    controller: &edgevisor_e2e::controller::Controller,
+    gw: &Gateway,
+    seen: &Seen,
+    n_devices: usize,
+) -> anyhow::Result<Rollout> {
     let targeted: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
     let done: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
     let watch = {
@@ -323,11 +406,11 @@ async fn main() -> anyhow::Result<()> {
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let fleets: Api<Fleet> = Api::namespaced(client.clone(), &ns);
+    let fleets: Api<Fleet> = Api::namespaced(client.clone(), ns);
     let writes_before = apiserver_writes(env).await?;
     let started = Instant::now();
     let revision =
-        apply_bench_fleet(&fleets, "fleetbench", &image, || controller.log_tail()).await?;
+        apply_bench_fleet(&fleets, "fleetbench", image, || controller.log_tail()).await?;
     let suffix = format!("/{revision}");
     loop {
         let n = done
@@ -336,13 +419,13 @@ async fn main() -> anyhow::Result<()> {
             .keys()
             .filter(|k| k.ends_with(&suffix))
             .count();
-        if n >= args.devices {
+        if n >= n_devices {
             break;
         }
         if started.elapsed() > Duration::from_secs(900) {
             bail!(
                 "only {n} of {} devices reached DONE:\ngateway:\n{}\ncontroller:\n{}",
-                args.devices,
+                n_devices,
                 gw.log_tail(),
                 controller.log_tail()
             );
@@ -365,14 +448,19 @@ async fn main() -> anyhow::Result<()> {
             .filter_map(|(k, t)| Some(seen_at.get(k)?.saturating_duration_since(*t).as_secs_f64()))
             .collect()
     };
-    let gateway_rss = rss_bytes(gw.pid())?;
+    watch.abort();
+    Ok(Rollout {
+        seconds: rollout,
+        writes: update_writes,
+        delays,
+    })
+}
 
-    eprintln!(
-        "bench: idle for {} s with every agent polling",
-        args.idle_seconds
-    );
+/// Apiserver writes while every agent polls and nothing changes.
+async fn idle(env: &Env, seconds: u64) -> anyhow::Result<f64> {
+    eprintln!("bench: idle for {} s with every agent polling", seconds);
     let idle_before = apiserver_writes_by_resource(env).await?;
-    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
     let idle_after = apiserver_writes_by_resource(env).await?;
     let mut idle_writes = 0.0;
     for (resource, after) in &idle_after {
@@ -383,26 +471,5 @@ async fn main() -> anyhow::Result<()> {
         idle_writes += delta;
     }
 
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.abort();
-    }
-    watch.abort();
-    let n = args.devices as f64;
-    println!("bench: fleet_rollout_seconds {rollout:.2} s");
-    println!("bench: gateway_rss_bytes {gateway_rss} bytes");
-    println!(
-        "bench: apiserver_writes_per_device_update {:.2} writes",
-        update_writes / n
-    );
-    println!(
-        "bench: apiserver_writes_per_device_idle_hour {:.2} writes",
-        idle_writes / n * 3600.0 / args.idle_seconds as f64
-    );
-    println!(
-        "bench: target_delay_p99_seconds {:.3} s",
-        percentile(delays, 0.99)
-    );
-    let _ = std::fs::remove_dir_all(&dir).context("removing the TLS dir");
-    Ok(())
+    Ok(idle_writes)
 }
