@@ -25,7 +25,9 @@ pub fn run_daemon<E: std::fmt::Display>(
     program: &str,
     daemon: impl std::future::Future<Output = Result<(), E>>,
 ) -> std::process::ExitCode {
+    // Few blocking threads: each can leave an allocator arena behind in a device's memory.
     let result = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))

@@ -141,15 +141,20 @@ pub fn install_crypto_provider() {
 }
 
 /// Connection setup shared by both clients. Reads may pause for as long as a long-poll
-/// lasts; a longer silence is a dead connection.
-fn client_builder(read_timeout: Duration) -> reqwest::ClientBuilder {
+/// lasts; a longer silence is a dead connection. The gateway's connection is kept for the
+/// next long-poll; a registry's only while an update downloads: an idle connection keeps
+/// its buffers (grown to a blob's chunks) and its TLS state in the device's memory.
+fn client_builder(read_timeout: Duration, keep_idle: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("edgevisor-agent/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(read_timeout)
         .tcp_keepalive(Duration::from_secs(30))
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(keep_idle)
 }
+
+const GATEWAY_IDLE: Duration = Duration::from_secs(90);
+const REGISTRY_IDLE: Duration = Duration::from_secs(5);
 
 /// The clients for the gateway (only the CA of `ca_pem` trusted, when given) and for
 /// registries (that CA and the system roots).
@@ -159,20 +164,22 @@ pub fn http_clients(
 ) -> Result<(reqwest::Client, reqwest::Client)> {
     install_crypto_provider();
     let Some(pem) = ca_pem else {
-        let c = client_builder(read_timeout)
-            .build()
-            .context("HTTPS client with the system's CA roots")?;
-        return Ok((c.clone(), c));
+        let build = |idle| {
+            client_builder(read_timeout, idle)
+                .build()
+                .context("HTTPS client with the system's CA roots")
+        };
+        return Ok((build(GATEWAY_IDLE)?, build(REGISTRY_IDLE)?));
     };
     let certs = reqwest::Certificate::from_pem_bundle(pem).context("reading the CA PEM")?;
     if certs.is_empty() {
         bail!("no certificate in the CA PEM");
     }
-    let gateway = client_builder(read_timeout)
+    let gateway = client_builder(read_timeout, GATEWAY_IDLE)
         .tls_certs_only(certs.clone())
         .build()
         .context("gateway HTTPS client")?;
-    let registry = match client_builder(read_timeout)
+    let registry = match client_builder(read_timeout, REGISTRY_IDLE)
         .tls_certs_merge(certs.clone())
         .build()
     {
@@ -182,7 +189,7 @@ pub fn http_clients(
             tracing::warn!(
                 "system CA roots unavailable ({e}); registries must use the --ca-cert CA"
             );
-            client_builder(read_timeout)
+            client_builder(read_timeout, REGISTRY_IDLE)
                 .tls_certs_only(certs)
                 .build()
                 .context("registry HTTPS client")?
