@@ -56,38 +56,9 @@ impl std::fmt::Display for Architecture {
     }
 }
 
-/// Where a device is in installing a revision. The names are those of established update
-/// managers, so tools that know them read ours.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum UpdateStatus {
-    /// Accepted, waiting to start.
-    Queued,
-    /// Fetching the objects the revision needs.
-    Downloading,
-    /// Installing: unpacking, stopping the old containers, starting the new.
-    Inprogress,
-    /// Running the new revision and waiting for every container to reach its goal.
-    Testing,
-    /// Committed: the revision passed its test and is the device's revision now.
-    Done,
-    /// Refused before install (invalid state, missing objects, no space); nothing changed.
-    Wontgo,
-    /// Failed while installing or testing; the device went back to its committed revision.
-    Error,
-}
-
-impl UpdateStatus {
-    /// Whether the update has ended, for good or bad.
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Done | Self::Wontgo | Self::Error)
-    }
-
-    /// Whether the update ended in failure.
-    pub fn is_failure(self) -> bool {
-        matches!(self, Self::Wontgo | Self::Error)
-    }
-}
+/// Where a device is in installing a revision: the device protocol's lifecycle status,
+/// the same type on the device, in the gateway and in `Device.status`.
+pub use edgevisor_protocol::lifecycle::Status as UpdateStatus;
 
 /// Condition types, shared so every writer spells them the same.
 pub mod condition {

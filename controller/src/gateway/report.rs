@@ -13,19 +13,6 @@ const HISTORY: usize = 10;
 /// Progress is shown in steps this big: finer steps would be a write each.
 const PROGRESS_STEP: i32 = 25;
 
-fn update_status(s: edgevisor_protocol::lifecycle::Status) -> UpdateStatus {
-    use edgevisor_protocol::lifecycle::Status as S;
-    match s {
-        S::Queued => UpdateStatus::Queued,
-        S::Downloading => UpdateStatus::Downloading,
-        S::Inprogress => UpdateStatus::Inprogress,
-        S::Testing => UpdateStatus::Testing,
-        S::Done => UpdateStatus::Done,
-        S::Wontgo => UpdateStatus::Wontgo,
-        S::Error => UpdateStatus::Error,
-    }
-}
-
 fn container(c: &ContainerReport) -> ContainerStatus {
     ContainerStatus {
         name: c.name.clone(),
@@ -69,7 +56,7 @@ pub fn merge(
         next.current_revision = Some(current.clone());
     }
     if let Some(u) = &report.update {
-        let status = update_status(u.status);
+        let status = u.status;
         let before = previous
             .update
             .as_ref()

@@ -4,21 +4,41 @@
 //! testing, the committed revision restored). Transitions are pure and checked here,
 //! so a bug elsewhere can never record an impossible history.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a device is in installing a revision. The names are those of established update
+/// managers, so tools that know them read ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Status {
+    /// Accepted, waiting to start.
     Queued,
+    /// Fetching the objects the revision needs.
     Downloading,
+    /// Installing: unpacking, stopping the old containers, starting the new.
     Inprogress,
+    /// Running the new revision and waiting for every container to reach its goal.
     Testing,
+    /// Committed: the revision passed its test and is the device's revision now.
     Done,
+    /// Refused before install (invalid state, missing objects, no space); nothing changed.
     Wontgo,
+    /// Failed while installing or testing; the device went back to its committed revision.
     Error,
 }
 
 impl Status {
+    /// Whether the update has ended, for good or bad.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Wontgo | Self::Error)
+    }
+
+    /// Whether the update ended in failure.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::Wontgo | Self::Error)
+    }
+
     /// Statuses during which the device is changing; only one revision at a time.
     pub fn is_active(self) -> bool {
         matches!(
