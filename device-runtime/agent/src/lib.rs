@@ -10,6 +10,7 @@
 
 pub mod backoff;
 pub mod credential;
+pub mod error;
 pub mod gateway;
 pub mod registry;
 pub mod report;
@@ -21,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Error, Result};
 use clap::Parser;
 use tokio::task::JoinHandle;
 
@@ -167,18 +168,27 @@ pub fn http_clients(
         let build = |idle| {
             client_builder(read_timeout, idle)
                 .build()
-                .context("HTTPS client with the system's CA roots")
+                .map_err(|source| Error::Http {
+                    what: "HTTPS client with the system's CA roots",
+                    source,
+                })
         };
         return Ok((build(GATEWAY_IDLE)?, build(REGISTRY_IDLE)?));
     };
-    let certs = reqwest::Certificate::from_pem_bundle(pem).context("reading the CA PEM")?;
+    let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|source| Error::Http {
+        what: "reading the CA PEM",
+        source,
+    })?;
     if certs.is_empty() {
-        bail!("no certificate in the CA PEM");
+        return Err(Error::Config("no certificate in the CA PEM".into()));
     }
     let gateway = client_builder(read_timeout, GATEWAY_IDLE)
         .tls_certs_only(certs.clone())
         .build()
-        .context("gateway HTTPS client")?;
+        .map_err(|source| Error::Http {
+            what: "gateway HTTPS client",
+            source,
+        })?;
     let registry = match client_builder(read_timeout, REGISTRY_IDLE)
         .tls_certs_merge(certs.clone())
         .build()
@@ -192,7 +202,10 @@ pub fn http_clients(
             client_builder(read_timeout, REGISTRY_IDLE)
                 .tls_certs_only(certs)
                 .build()
-                .context("registry HTTPS client")?
+                .map_err(|source| Error::Http {
+                    what: "registry HTTPS client",
+                    source,
+                })?
         }
     };
     Ok((gateway, registry))
@@ -213,16 +226,22 @@ pub async fn credential(args: &AgentArgs, gw: &Gateway) -> Result<Credential> {
         return Ok(c);
     }
     let Some(token_file) = &args.bootstrap_token_file else {
-        bail!(
+        return Err(Error::Config(format!(
             "not enrolled yet ({} does not exist) and no --bootstrap-token-file given",
             credential::path(&args.state_dir).display()
-        );
+        )));
     };
-    let token = std::fs::read_to_string(token_file)
-        .with_context(|| format!("bootstrap token {}", token_file.display()))?;
+    let token = std::fs::read_to_string(token_file).map_err(|source| Error::File {
+        flag: "--bootstrap-token-file",
+        path: token_file.clone(),
+        source,
+    })?;
     let token = token.trim();
     if token.is_empty() {
-        bail!("bootstrap token file {} is empty", token_file.display());
+        return Err(Error::Config(format!(
+            "bootstrap token file {} is empty",
+            token_file.display()
+        )));
     }
     let req = EnrollRequest {
         name: args.name.clone(),
@@ -231,7 +250,10 @@ pub async fn credential(args: &AgentArgs, gw: &Gateway) -> Result<Credential> {
     };
     let problems = req.validate();
     if !problems.is_empty() {
-        bail!("cannot enroll: {}", problems.join("; "));
+        return Err(Error::Config(format!(
+            "cannot enroll: {}",
+            problems.join("; ")
+        )));
     }
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let resp = loop {
@@ -253,7 +275,11 @@ pub async fn credential(args: &AgentArgs, gw: &Gateway) -> Result<Credential> {
                     422 => "the gateway finds the request invalid",
                     _ => "the gateway refused",
                 };
-                bail!("enrollment refused: {why} ({status}: {message})");
+                return Err(Error::EnrollmentRefused {
+                    why,
+                    status,
+                    message,
+                });
             }
         }
     };
@@ -263,9 +289,7 @@ pub async fn credential(args: &AgentArgs, gw: &Gateway) -> Result<Credential> {
         credential: resp.credential,
         gateway: gw.base().to_owned(),
     };
-    credential::store(&args.state_dir, &c).context(
-        "enrolled, but could not store the credential: enroll again with a new bootstrap token",
-    )?;
+    credential::store(&args.state_dir, &c).map_err(Error::CredentialNotStored)?;
     tracing::info!(
         "enrolled as {}/{}; credential stored in {}",
         c.namespace,
@@ -438,21 +462,27 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()>) -> Result<
 /// the background reporters.
 async fn setup(args: &AgentArgs, wait: Duration) -> Result<(Arc<Ctx>, Gateway, Credential)> {
     let ca = match &args.ca_cert {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("--ca-cert {}", p.display()))?),
+        Some(p) => Some(std::fs::read(p).map_err(|source| Error::File {
+            flag: "--ca-cert",
+            path: p.clone(),
+            source,
+        })?),
         None => None,
     };
     let (gateway_http, registry_http) = http_clients(
         ca.as_deref(),
         (wait + Duration::from_secs(30)).max(Duration::from_secs(60)),
     )?;
-    let gw = Gateway::new(gateway_http.clone(), &args.gateway).map_err(anyhow::Error::msg)?;
+    let gw = Gateway::new(gateway_http.clone(), &args.gateway).map_err(Error::Config)?;
     let registry_auth = match &args.registry_auth {
         Some(p) => {
-            let bytes =
-                std::fs::read(p).with_context(|| format!("--registry-auth {}", p.display()))?;
+            let bytes = std::fs::read(p).map_err(|source| Error::File {
+                flag: "--registry-auth",
+                path: p.clone(),
+                source,
+            })?;
             parse_docker_config(&bytes)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("--registry-auth {}", p.display()))?
+                .map_err(|e| Error::Config(format!("--registry-auth {}: {e}", p.display())))?
         }
         None => Default::default(),
     };

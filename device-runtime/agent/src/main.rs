@@ -11,8 +11,5 @@ fn main() -> std::process::ExitCode {
     let args = AgentArgs::parse();
     let level: tracing::Level = args.log.parse().unwrap_or(tracing::Level::INFO);
     device_runtime::logging::StderrLogger::install(level);
-    // `{:#}`: the whole chain of causes, on one line.
-    run_daemon("agent", async {
-        run(args, terminated()).await.map_err(|e| format!("{e:#}"))
-    })
+    run_daemon("agent", run(args, terminated()))
 }
