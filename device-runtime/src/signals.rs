@@ -25,9 +25,11 @@ pub fn run_daemon<E: std::fmt::Display>(
     program: &str,
     daemon: impl std::future::Future<Output = Result<(), E>>,
 ) -> std::process::ExitCode {
-    // Few blocking threads: each can leave an allocator arena behind in a device's memory.
+    // Few blocking threads, gone soon after their work: each holds a stack and an
+    // allocator arena in a device's memory while it lives.
     let result = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(2)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))
