@@ -260,13 +260,8 @@ impl RealDevice {
     pub fn rss_bytes(&self) -> (u64, u64) {
         let rss = |child: Option<&Child>| {
             child
-                .and_then(|c| std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok())
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                })
-                .map_or(0, |kb| kb * 1024)
+                .and_then(|c| crate::measure::rss_bytes(c.id()).ok())
+                .unwrap_or(0)
         };
         (rss(self.runtime.as_ref()), rss(self.agent.as_ref()))
     }
