@@ -45,16 +45,20 @@ pub fn select_devices<'a>(
         }
         let mut view = device.view.clone();
         view.online = view.online && !device.stale(now, offline_after);
-        let key = (ns.to_owned(), name.clone());
-        match written.get(&key) {
-            Some((revision, _, _)) if view.target.as_ref() == Some(revision) => {
-                written.remove(&key);
+        // The overlay is empty but for moments after a write: no key to build per device
+        // on every reconcile of a large fleet.
+        if !written.is_empty() {
+            let key = (ns.to_owned(), name.clone());
+            match written.get(&key) {
+                Some((revision, _, _)) if view.target.as_ref() == Some(revision) => {
+                    written.remove(&key);
+                }
+                Some((revision, at, _)) => {
+                    view.target = Some(revision.clone());
+                    view.targeted_at = Some(*at);
+                }
+                None => {}
             }
-            Some((revision, at, _)) => {
-                view.target = Some(revision.clone());
-                view.targeted_at = Some(*at);
-            }
-            None => {}
         }
         out.devices.push(view);
     }
