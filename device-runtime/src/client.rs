@@ -202,7 +202,8 @@ impl Client {
                 sha256: crate::control::Digest::from_hex(&hex)
                     .map_err(|e| ClientError::Decode(e.to_string()))?,
                 status: Some("exists".into()),
-                size: Some(size),
+                // As the runtime answers a PUT of an object it has: nothing was sent.
+                size: None,
                 partial_bytes: None,
             });
         }
