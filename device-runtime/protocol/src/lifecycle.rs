@@ -58,7 +58,9 @@ impl Status {
         match (self, to) {
             (from, Downloading) => from.can_run(),
             (Downloading, Inprogress) | (Inprogress, Testing) | (Testing, Done) => true,
-            (Downloading | Queued, Wontgo) => true,
+            // Refused before anything changed: a new revision, or a re-run of a resting
+            // one whose state cannot be read (it must not keep showing its old status).
+            (from, Wontgo) => from == Downloading || from.can_run(),
             (Downloading | Inprogress | Testing, Error) => true,
             // A restart while trying: recovery marks the try as failed.
             (Queued, Queued) => true,
@@ -204,6 +206,9 @@ mod tests {
             "impossible lifecycle transition DONE -> TESTING"
         );
         assert!(check_transition(Some(Wontgo), Error).is_err());
+        // A re-run refused at once says so rather than keeping its old status.
+        assert!(check_transition(Some(Done), Wontgo).is_ok());
+        assert!(check_transition(Some(Testing), Wontgo).is_err());
     }
 
     #[test]
