@@ -459,7 +459,9 @@ impl Registry {
         let challenge = parse_challenge(challenge);
         let (realm, query) = match &challenge {
             Some(c @ Challenge::Bearer { .. }) => c.token_query(&r.repository).unwrap_or_default(),
-            Some(Challenge::Basic) => {
+            // Basic, or no challenge this client can answer otherwise: the docker-config's
+            // credentials, as the controller has always sent them.
+            Some(Challenge::Basic) | None => {
                 return basic.ok_or_else(|| {
                     refused(
                         &r.registry,
@@ -467,7 +469,6 @@ impl Registry {
                     )
                 });
             }
-            None => return Err(refused(&r.registry, "401 without a usable challenge")),
         };
         let mut request = self.http.get(&realm).query(&query);
         if let Some(value) = basic {
