@@ -184,7 +184,7 @@ fn container_state(
         size,
     };
     let mut volumes = Vec::new();
-    let mut mounts = Vec::new();
+    let mut files_at = Vec::new();
     for m in &c.mounts {
         if let Some(name) = &m.volume {
             let volume = template
@@ -206,12 +206,9 @@ fn container_state(
                 destination: m.mount_path.clone(),
             });
         } else if m.mount_path != FILES_DIR {
-            // The runtime delivers files at one place; a mount elsewhere binds that place.
-            mounts.push(state::Mount {
-                source: FILES_DIR.into(),
-                destination: m.mount_path.clone(),
-                read_only: true,
-            });
+            // The runtime delivers the revision's files at one place and binds them
+            // wherever else the state asks; never a host path.
+            files_at.push(m.mount_path.clone());
         }
     }
     let period = c
@@ -250,6 +247,7 @@ fn container_state(
                 .map_err(err)?,
             cpu_millis: r.cpu.as_deref().map(parse_cpu).transpose().map_err(err)?,
             pids: r.pids.map(|p| p.max(1) as u64),
+            tmpfs_bytes: None,
         },
         None => state::Limits::default(),
     };
@@ -272,7 +270,7 @@ fn container_state(
             .collect(),
         working_dir: c.working_dir.clone(),
         user: c.user.clone(),
-        mounts,
+        mounts: Vec::new(),
         volumes,
         network: if c.host_network {
             state::Network::Host
@@ -288,6 +286,9 @@ fn container_state(
         health,
         limits,
         allow_setuid: false,
+        capabilities: Vec::new(),
+        roles: Vec::new(),
+        files_at,
     })
 }
 
@@ -413,7 +414,8 @@ mod tests {
             assert_eq!(web.limits.memory_bytes, Some(32 << 20));
             assert_eq!(web.limits.cpu_millis, Some(250));
             assert_eq!(web.volumes[0].destination, "/data");
-            assert_eq!(web.mounts[0].destination, "/etc/web");
+            assert!(web.mounts.is_empty(), "never a host path");
+            assert_eq!(web.files_at, ["/etc/web"]);
             assert_eq!(state.files[0].size, 12);
         }
         assert_ne!(

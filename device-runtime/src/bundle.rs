@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::state::{Container, Network, parse_user};
 
-/// Where the control socket appears inside every container.
+/// Where the container's own socket appears inside it (never the management socket).
 pub const SOCKET_IN_CONTAINER: &str = "/run/edgevisor/control.sock";
 pub const FILES_IN_CONTAINER: &str = "/run/edgevisor/files";
 
@@ -101,6 +101,8 @@ pub fn process_env(c: &Container, img: &ImageRunConfig) -> Vec<String> {
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
+/// The capabilities container engines grant by default (Docker, containerd, Podman); a
+/// state adds to them only what the device's policy allows.
 const CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -126,6 +128,91 @@ fn bind(src: &std::path::Path, dest: &str, ro: bool) -> Value {
     json!({"destination": dest, "type": "bind", "source": src, "options": opts})
 }
 
+/// The syscalls the common default profiles (Docker's, containerd's) refuse a container,
+/// each with the capability that gives it back. Refusing rather than allowing by list
+/// keeps every ordinary program working while closing the kernel interfaces that
+/// container escapes go through (module loading, kexec, `open_by_handle_at`, keyrings,
+/// new namespaces, mounts, bpf, userfaultfd).
+const DENIED_SYSCALLS: &[(&str, Option<&str>)] = &[
+    ("acct", Some("CAP_SYS_PACCT")),
+    ("add_key", None),
+    ("bpf", Some("CAP_BPF")),
+    ("clock_adjtime", Some("CAP_SYS_TIME")),
+    ("clock_settime", Some("CAP_SYS_TIME")),
+    ("create_module", Some("CAP_SYS_MODULE")),
+    ("delete_module", Some("CAP_SYS_MODULE")),
+    ("finit_module", Some("CAP_SYS_MODULE")),
+    ("fsconfig", Some("CAP_SYS_ADMIN")),
+    ("fsmount", Some("CAP_SYS_ADMIN")),
+    ("fsopen", Some("CAP_SYS_ADMIN")),
+    ("fspick", Some("CAP_SYS_ADMIN")),
+    ("get_kernel_syms", Some("CAP_SYS_MODULE")),
+    ("get_mempolicy", Some("CAP_SYS_NICE")),
+    ("init_module", Some("CAP_SYS_MODULE")),
+    ("ioperm", Some("CAP_SYS_RAWIO")),
+    ("iopl", Some("CAP_SYS_RAWIO")),
+    ("kcmp", Some("CAP_SYS_PTRACE")),
+    ("kexec_file_load", Some("CAP_SYS_BOOT")),
+    ("kexec_load", Some("CAP_SYS_BOOT")),
+    ("keyctl", None),
+    ("lookup_dcookie", Some("CAP_SYS_ADMIN")),
+    ("mbind", Some("CAP_SYS_NICE")),
+    ("mount", Some("CAP_SYS_ADMIN")),
+    ("mount_setattr", Some("CAP_SYS_ADMIN")),
+    ("move_mount", Some("CAP_SYS_ADMIN")),
+    ("move_pages", Some("CAP_SYS_NICE")),
+    ("name_to_handle_at", Some("CAP_DAC_READ_SEARCH")),
+    ("nfsservctl", None),
+    ("open_by_handle_at", Some("CAP_DAC_READ_SEARCH")),
+    ("open_tree", Some("CAP_SYS_ADMIN")),
+    ("perf_event_open", Some("CAP_PERFMON")),
+    ("pivot_root", Some("CAP_SYS_ADMIN")),
+    ("process_vm_readv", Some("CAP_SYS_PTRACE")),
+    ("process_vm_writev", Some("CAP_SYS_PTRACE")),
+    ("ptrace", Some("CAP_SYS_PTRACE")),
+    ("query_module", Some("CAP_SYS_MODULE")),
+    ("quotactl", Some("CAP_SYS_ADMIN")),
+    ("reboot", Some("CAP_SYS_BOOT")),
+    ("request_key", None),
+    ("set_mempolicy", Some("CAP_SYS_NICE")),
+    ("setns", Some("CAP_SYS_ADMIN")),
+    ("settimeofday", Some("CAP_SYS_TIME")),
+    ("stime", Some("CAP_SYS_TIME")),
+    ("swapoff", Some("CAP_SYS_ADMIN")),
+    ("swapon", Some("CAP_SYS_ADMIN")),
+    ("sysfs", None),
+    ("umount", Some("CAP_SYS_ADMIN")),
+    ("umount2", Some("CAP_SYS_ADMIN")),
+    ("unshare", Some("CAP_SYS_ADMIN")),
+    ("uselib", None),
+    ("userfaultfd", None),
+    ("ustat", None),
+    ("vm86", None),
+    ("vm86old", None),
+];
+
+/// The seccomp filter for a container with `caps`: every syscall allowed but those a
+/// default profile refuses and no granted capability gives back; refused ones fail
+/// with EPERM, as in Docker, so programs that probe for them carry on.
+fn seccomp(caps: &[&str]) -> Value {
+    let denied: Vec<&str> = DENIED_SYSCALLS
+        .iter()
+        .filter(|(_, cap)| cap.is_none_or(|cap| !caps.contains(&cap)))
+        .map(|(name, _)| *name)
+        .collect();
+    let architectures: &[&str] = match std::env::consts::ARCH {
+        "aarch64" => &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        "arm" => &["SCMP_ARCH_ARM"],
+        "riscv64" => &["SCMP_ARCH_RISCV64"],
+        _ => &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+    };
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": architectures,
+        "syscalls": [{"names": denied, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    })
+}
+
 pub fn build_config(
     c: &Container,
     img: &ImageConfig,
@@ -146,6 +233,12 @@ pub fn build_config(
         .or_else(|| img.working_dir.clone().filter(|w| w.starts_with('/')))
         .unwrap_or_else(|| "/".into());
 
+    let tmpfs_size = format!(
+        "size={}",
+        c.limits
+            .tmpfs_bytes
+            .unwrap_or(crate::policy::DEFAULT_TMPFS_BYTES)
+    );
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -159,15 +252,18 @@ pub fn build_config(
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                "options": ["nosuid", "noexec", "nodev", "ro"]}),
         json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-               "options": ["nosuid", "nodev", "mode=1777"]}),
+               "options": ["nosuid", "nodev", "mode=1777", tmpfs_size.as_str()]}),
         json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs",
-               "options": ["nosuid", "nodev", "mode=755"]}),
+               "options": ["nosuid", "nodev", "mode=755", tmpfs_size.as_str()]}),
     ];
     if let Some(s) = &ctx.socket {
         mounts.push(bind(s, SOCKET_IN_CONTAINER, false));
     }
     if let Some(f) = &ctx.files_dir {
         mounts.push(bind(f, FILES_IN_CONTAINER, true));
+        for at in &c.files_at {
+            mounts.push(bind(f, at, true));
+        }
     }
     for v in &c.volumes {
         if let Some(src) = ctx.volumes.get(&v.name) {
@@ -203,6 +299,12 @@ pub fn build_config(
         resources["pids"] = json!({"limit": p});
     }
 
+    let mut caps: Vec<&str> = CAPS.to_vec();
+    for extra in &c.capabilities {
+        if !caps.contains(&extra.as_str()) {
+            caps.push(extra);
+        }
+    }
     Ok(json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -211,7 +313,7 @@ pub fn build_config(
             "args": args,
             "env": process_env(c, img),
             "cwd": cwd,
-            "capabilities": {"bounding": CAPS, "effective": CAPS, "permitted": CAPS},
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
             "noNewPrivileges": true
         },
@@ -226,7 +328,8 @@ pub fn build_config(
                 "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
                 "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
-                "/proc/sysrq-trigger"]
+                "/proc/sysrq-trigger"],
+            "seccomp": seccomp(&caps)
         }
     }))
 }
@@ -314,6 +417,55 @@ mod tests {
         assert!(dests.contains(&"/data") && dests.contains(&"/etc/hosts"));
         assert!(dests.contains(&SOCKET_IN_CONTAINER));
         assert_eq!(v["root"]["readonly"], true);
+    }
+
+    #[test]
+    fn default_capabilities_seccomp_and_tmpfs_sizes_with_what_a_state_adds() {
+        let c = container(json!({"command": ["/bin/sh"]}));
+        let v = build_config(&c, &ImageConfig::default(), &ctx()).unwrap();
+        let caps = v["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert!(!caps.contains(&json!("CAP_SYS_ADMIN")));
+        let denied = v["linux"]["seccomp"]["syscalls"][0]["names"].to_string();
+        assert!(denied.contains("\"mount\"") && denied.contains("open_by_handle_at"));
+        let tmp = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/tmp");
+        assert!(
+            tmp.unwrap()["options"]
+                .to_string()
+                .contains("size=67108864")
+        );
+
+        let c = container(
+            json!({"command": ["/bin/sh"], "capabilities": ["CAP_SYS_ADMIN"],
+                                  "limits": {"tmpfsBytes": 1048576}}),
+        );
+        let v = build_config(&c, &ImageConfig::default(), &ctx()).unwrap();
+        let caps = v["process"]["capabilities"]["effective"]
+            .as_array()
+            .unwrap();
+        assert!(caps.contains(&json!("CAP_SYS_ADMIN")));
+        let denied = v["linux"]["seccomp"]["syscalls"][0]["names"].to_string();
+        assert!(!denied.contains("\"mount\"") && denied.contains("keyctl"));
+        assert!(v["mounts"].to_string().contains("size=1048576"));
+    }
+
+    #[test]
+    fn files_appear_where_the_state_asks_too() {
+        let c = container(json!({"command": ["/bin/sh"], "filesAt": ["/etc/app"]}));
+        let mut cx = ctx();
+        cx.files_dir = Some("/s/revisions/r1/files".into());
+        let v = build_config(&c, &ImageConfig::default(), &cx).unwrap();
+        let sources: Vec<_> = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["destination"] == "/etc/app" || m["destination"] == FILES_IN_CONTAINER)
+            .map(|m| m["source"].as_str().unwrap())
+            .collect();
+        assert_eq!(sources, ["/s/revisions/r1/files", "/s/revisions/r1/files"]);
     }
 
     #[test]

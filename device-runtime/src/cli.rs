@@ -19,6 +19,11 @@ pub struct RuntimeArgs {
     /// Group (name or gid) that owns the socket and may manage the device.
     #[arg(long)]
     pub group: Option<String>,
+    /// The device's policy: what a revision may ask of this device (host paths, setuid,
+    /// capabilities, the manager role, tmpfs size). JSON; see SECURITY.md. Without the
+    /// file the safe default applies [default: /etc/edgevisor/policy.json].
+    #[arg(long, env = "EDGEVISOR_POLICY")]
+    pub policy: Option<PathBuf>,
     /// OCI runtime CLI (runc or crun).
     #[arg(long, default_value = "runc")]
     pub oci_runtime: String,

@@ -29,6 +29,8 @@ pub struct Config {
     pub reboot_command: Option<String>,
     /// Group whose members may manage the device (root always may).
     pub manager_gid: Option<u32>,
+    /// What the device lets a revision do ([`crate::policy`]).
+    pub policy: crate::policy::Policy,
 }
 
 impl Default for Config {
@@ -42,6 +44,7 @@ impl Default for Config {
             stop_grace: Duration::from_secs(3),
             reboot_command: None,
             manager_gid: None,
+            policy: crate::policy::Policy::default(),
         }
     }
 }
@@ -84,6 +87,8 @@ pub struct Daemon {
     /// Per-storage prefix of container ids and cgroups.
     pub prefix: String,
     pub running: tokio::sync::Mutex<Running>,
+    /// The containers' own sockets.
+    pub sockets: crate::sockets::ContainerSockets,
     pub(crate) busy: Mutex<Option<String>>,
     pub(crate) uploads: Mutex<HashSet<String>>,
 }
@@ -102,12 +107,14 @@ impl Daemon {
             "ev{}",
             &hex::encode(Sha256::digest(store.root().as_os_str().as_encoded_bytes()))[..8]
         );
+        let sockets = crate::sockets::ContainerSockets::new(store.path("sockets"));
         Arc::new(Daemon {
             store,
             oci,
             cfg,
             prefix,
             running: tokio::sync::Mutex::new(Running::default()),
+            sockets,
             busy: Mutex::new(None),
             uploads: Mutex::new(HashSet::new()),
         })

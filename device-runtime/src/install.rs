@@ -20,6 +20,8 @@ pub enum InstallError {
     Conflict(String),
     #[error("not enough space: need {need} bytes, {free} free")]
     NoSpace { need: u64, free: u64 },
+    #[error("WONTGO: {0}")]
+    Policy(#[from] crate::policy::PolicyDenied),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -63,6 +65,8 @@ impl Daemon {
             return Err(InstallError::BadName(rev.to_owned()));
         }
         let state = State::parse(body)?;
+        // Before anything is stored: a refused state leaves no trace but its answer.
+        self.cfg.policy.check(&state)?;
         if self.store.has_revision(rev) {
             return if self.store.read_state(rev)? == body {
                 Ok(false)

@@ -31,6 +31,8 @@ pub enum LayerError {
     TooLarge(u64),
     #[error("layer is not a valid archive: {0}")]
     Format(String),
+    #[error("layer has more than {0} entries")]
+    TooManyEntries(usize),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -60,6 +62,8 @@ pub struct UnpackOptions {
     /// Bytes of file content the whole unpack may write (`None`: no limit), so a
     /// compression bomb cannot fill the device.
     pub max_bytes: Option<u64>,
+    /// Entries one layer may hold (`None`: [`MAX_ENTRIES`]).
+    pub max_entries: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -202,13 +206,22 @@ impl<R: Read> Read for LastBlock<R> {
     }
 }
 
+/// Entries one layer may hold. Large distribution images hold a few tens of thousands;
+/// millions of empty files would exhaust the storage filesystem's inodes, which the byte
+/// budget does not see.
+pub const MAX_ENTRIES: usize = 500_000;
+
 fn unpack_tar<R: Read>(r: R, root: &Path, opts: UnpackOptions) -> Result<UnpackStats, LayerError> {
     let mut archive = tar::Archive::new(r);
     let mut stats = UnpackStats::default();
     let entries = archive
         .entries()
         .map_err(|e| LayerError::Format(e.to_string()))?;
-    for entry in entries {
+    for (i, entry) in entries.enumerate() {
+        let max = opts.max_entries.unwrap_or(MAX_ENTRIES);
+        if i >= max {
+            return Err(LayerError::TooManyEntries(max));
+        }
         let mut entry = entry.map_err(|e| LayerError::Format(e.to_string()))?;
         let raw_path = entry.path_bytes().into_owned();
         let name = String::from_utf8(raw_path)

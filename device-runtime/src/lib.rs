@@ -20,11 +20,13 @@ pub mod install;
 pub mod layers;
 pub mod logging;
 pub mod oci;
+pub mod policy;
 pub mod recover;
 pub mod rollback;
 pub mod run;
 pub mod service;
 pub mod signals;
+pub mod sockets;
 pub mod store;
 pub mod supervisor;
 #[doc(hidden)]

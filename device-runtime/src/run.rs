@@ -88,6 +88,11 @@ impl Daemon {
 
     fn prepare_blocking(&self, rev: &str) -> Result<Vec<PreparedContainer>, RunError> {
         let state = State::parse(&self.store.read_state(rev)?)?;
+        // Again at run time: the policy may have been tightened since the install.
+        self.cfg
+            .policy
+            .check(&state)
+            .map_err(|e| RunError::Other(e.to_string()))?;
         match check_objects(self, &state) {
             Ok(()) => {}
             Err(InstallError::Missing(m)) => return Err(RunError::Missing(m)),
@@ -105,6 +110,7 @@ impl Daemon {
             let opts = UnpackOptions {
                 allow_setuid: c.allow_setuid,
                 max_bytes: Some(free.saturating_sub(self.cfg.reserve_bytes)),
+                max_entries: None,
             };
             let rootfs = unpack_image(&self.store, &c.image.layers, opts)?;
             let mut volumes = BTreeMap::new();
@@ -117,7 +123,11 @@ impl Daemon {
             let ctx = BundleCtx {
                 rootfs,
                 cgroups_path: self.cgroups_path(&c.name),
-                socket: Some(self.cfg.socket.clone()),
+                socket: Some(
+                    self.sockets
+                        .ensure(&c.name, c.roles.contains(&crate::state::Role::Manager))
+                        .map_err(|e| RunError::Other(format!("container socket: {e}")))?,
+                ),
                 files_dir: files_dir.clone(),
                 volumes,
             };

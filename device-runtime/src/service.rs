@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::cli::RuntimeArgs;
 use crate::daemon::{Config, Daemon};
+use crate::policy::Policy;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,8 @@ pub enum ServiceError {
     },
     #[error("--group {0:?}: no such group in /etc/group")]
     Group(String),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// A group given by number or by name (`/etc/group`).
@@ -75,6 +78,10 @@ pub async fn run(
     };
     let socket = socket_path(&wanted).map_err(socket_err)?;
     let gid = args.group.as_deref().map(resolve_group).transpose()?;
+    let policy = match &args.policy {
+        Some(p) => Policy::load(p, true)?,
+        None => Policy::load(Path::new(crate::policy::DEFAULT_PATH), false)?,
+    };
     let cfg = Config {
         oci_runtime: args.oci_runtime.clone(),
         socket: socket.clone(),
@@ -84,6 +91,7 @@ pub async fn run(
         stop_grace: Duration::from_secs(args.stop_grace_seconds),
         reboot_command: args.reboot_command.clone(),
         manager_gid: gid,
+        policy,
     };
     let d = Daemon::new(store, cfg);
     let cli = crate::oci::RuncCli::new(args.oci_runtime.clone(), &d.store.path("runc"));
@@ -91,6 +99,10 @@ pub async fn run(
         Ok(v) => tracing::info!(oci = %args.oci_runtime, version = %v, "oci runtime"),
         Err(e) => tracing::warn!(error = %e, "oci runtime not usable"),
     }
+    d.sockets.clear().map_err(|source| ServiceError::Socket {
+        path: d.store.path("sockets"),
+        source,
+    })?;
     d.recover().await.map_err(ServiceError::Recovery)?;
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket).map_err(socket_err)?;

@@ -19,6 +19,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -136,6 +137,24 @@ impl Store {
             let p = root.join(d);
             fs::create_dir_all(&p).at(&p)?;
         }
+        // Objects, states (other containers' env), logs and metadata are root's alone;
+        // the root directory is only traversable, so the manager group reaches the
+        // control socket in it and nothing else.
+        for d in [
+            "objects",
+            "revisions",
+            "boot",
+            "rootfs",
+            "bundles",
+            "volumes",
+            "logs",
+            "meta",
+            "runc",
+        ] {
+            let p = root.join(d);
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).at(&p)?;
+        }
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o711)).at(&root)?;
         Ok(Store { root, _lock: lock })
     }
 

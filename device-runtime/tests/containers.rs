@@ -9,6 +9,18 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
+/// The device policy that lets a test container mount the host's libc and `evctl`,
+/// read-only.
+fn evctl_policy() -> String {
+    let libdir = std::fs::canonicalize("/lib/x86_64-linux-gnu").expect("host libc directory");
+    json!({"hostPaths": [
+        {"path": libdir, "readOnly": true},
+        {"path": "/lib64", "readOnly": true},
+        {"path": env!("CARGO_BIN_EXE_evctl"), "readOnly": true},
+    ]})
+    .to_string()
+}
+
 fn with_evctl(mut c: serde_json::Value) -> serde_json::Value {
     let libdir = std::fs::canonicalize("/lib/x86_64-linux-gnu").expect("host libc directory");
     c["mounts"] = json!([
@@ -20,13 +32,15 @@ fn with_evctl(mut c: serde_json::Value) -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn a_container_may_read_and_signal_but_not_install() {
-    let dev = Device::new(&[]);
+async fn a_container_sees_its_own_socket_and_may_only_read_its_own_and_signal() {
+    let dev = Device::with_policy(&[], Some(&evctl_policy()));
     let c = dev.client();
     let image = busybox_image(&c, dev.dir.path()).await;
     let script = "evctl put-object /bin/busybox; echo put-rc=$?; \
                   evctl run v1; echo run-rc=$?; \
-                  evctl steps >/dev/null && echo read-ok; \
+                  evctl steps; echo steps-rc=$?; \
+                  evctl meta user pwned yes; echo meta-rc=$?; \
+                  evctl containers | grep -c '^[a-z]' | sed 's/^/containers-seen=/'; \
                   evctl signal --container other; echo other-rc=$?; \
                   evctl signal && echo signalled; exec sleep 1000";
     let mut app = with_evctl(container("app", &image, script));
@@ -40,20 +54,94 @@ async fn a_container_may_read_and_signal_but_not_install() {
     let logs = String::from_utf8_lossy(&logs.body).into_owned();
     assert_eq!(p["status"], "DONE", "{p}\n{logs}\n{}", dev.log());
     assert!(logs.contains("403"), "{logs}");
-    assert!(
-        logs.contains("put-rc=1") && logs.contains("run-rc=1"),
-        "{logs}"
-    );
-    assert!(logs.contains("read-ok"), "{logs}");
-    assert!(
-        logs.contains("may only signal for itself") && logs.contains("other-rc=1"),
-        "{logs}"
-    );
+    for refused in [
+        "put-rc=1",
+        "run-rc=1",
+        "steps-rc=1",
+        "meta-rc=1",
+        "other-rc=1",
+    ] {
+        assert!(logs.contains(refused), "{refused}: {logs}");
+    }
+    assert!(logs.contains("may only signal for itself"), "{logs}");
+    assert!(logs.contains("containers-seen=1"), "{logs}");
     assert!(logs.contains("signalled"), "{logs}");
     // Nothing the container tried to write arrived.
     let objects = c.get::<serde_json::Value>("/objects").await.unwrap();
     let busybox = device_runtime::testkit::sha256_hex(&std::fs::read("/bin/busybox").unwrap());
     assert!(!objects.to_string().contains(&busybox));
+    let meta = c.get::<serde_json::Value>("/user-meta").await.unwrap();
+    assert!(!meta.to_string().contains("pwned"), "{meta}");
+    // The management socket is not in the container, and the host side of its own
+    // socket is reachable by root only.
+    let bundle = dev.storage().join("bundles/v1/app/config.json");
+    let config = std::fs::read_to_string(&bundle).unwrap();
+    assert!(!config.contains(dev.socket().to_str().unwrap()), "{config}");
+    let mode = std::fs::metadata(dev.storage().join("sockets")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o700);
+}
+
+#[tokio::test]
+async fn the_device_policy_refuses_what_it_does_not_allow_before_anything_is_stored() {
+    let mut dev = Device::new(&[]);
+    let c = dev.client();
+    let image = busybox_image(&c, dev.dir.path()).await;
+    let mut root_mount = container("app", &image, "exec sleep 1000");
+    root_mount["mounts"] = json!([{"source": "/", "destination": "/host"}]);
+    let mut setuid = container("app", &image, "exec sleep 1000");
+    setuid["allowSetuid"] = json!(true);
+    let mut caps = container("app", &image, "exec sleep 1000");
+    caps["capabilities"] = json!(["CAP_SYS_ADMIN"]);
+    let cases = [
+        ("mount", root_mount, "containers[app].mounts[0].source"),
+        ("setuid", setuid, "containers[app].allowSetuid"),
+        ("caps", caps, "containers[app].capabilities"),
+    ];
+    for (rev, app, field) in &cases {
+        let body = state(vec![app.clone()], 20, 1);
+        let e = c
+            .call(hyper::Method::PUT, &format!("/steps/{rev}"), body)
+            .await
+            .expect_err("refused");
+        let text = e.to_string();
+        assert_eq!(
+            e.status(),
+            Some(hyper::StatusCode::UNPROCESSABLE_ENTITY),
+            "{text}"
+        );
+        assert!(
+            text.contains("denied by the device's policy") && text.contains(field),
+            "{text}"
+        );
+        assert!(
+            !dev.storage().join("revisions").join(rev).exists(),
+            "{rev} was stored"
+        );
+    }
+    assert!(
+        std::fs::read_dir(dev.storage().join("rootfs"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "something was unpacked"
+    );
+
+    // The device's owner allows them: the same states install and run.
+    dev.stop();
+    let policy = dev.dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"hostPaths": [{"path": "/"}], "setuid": true, "capabilities": ["CAP_SYS_ADMIN"]}"#,
+    )
+    .unwrap();
+    dev.extra_args = vec!["--policy".into(), policy.display().to_string()];
+    dev.start();
+    let c = dev.client();
+    for (rev, app, _) in &cases {
+        let p = install_and_run(&c, rev, state(vec![app.clone()], 20, 1)).await;
+        assert_eq!(p["status"], "DONE", "{rev}: {p}\n{}", dev.log());
+    }
 }
 
 #[tokio::test]

@@ -158,7 +158,11 @@ pub fn download_percent(done: u64, total: u64) -> u8 {
 pub fn reason_code(status: Status, why: &str) -> &'static str {
     let w = why.to_ascii_lowercase();
     let has = |s: &str| w.contains(s);
-    if has("could not start") {
+    if has("denied by the device's policy") {
+        "PolicyDenied"
+    } else if has("signature") {
+        "SignatureInvalid"
+    } else if has("could not start") {
         "ContainerFailedToStart"
     } else if has("exited") {
         "ContainerExited"
@@ -338,6 +342,16 @@ mod tests {
                 Status::Wontgo,
                 "objects missing: sha256:ab",
                 "MissingObjects",
+            ),
+            (
+                Status::Wontgo,
+                "WONTGO: denied by the device's policy: containers[a].allowSetuid: no",
+                "PolicyDenied",
+            ),
+            (
+                Status::Wontgo,
+                "the state's signature does not verify with the device's key",
+                "SignatureInvalid",
             ),
             (Status::Wontgo, "something new", "Refused"),
             (Status::Error, "something new", "UpdateFailed"),

@@ -157,6 +157,10 @@ pub struct Limits {
     pub cpu_millis: Option<u64>,
     #[serde(default)]
     pub pids: Option<u64>,
+    /// Size of each of the container's `/tmp` and `/run` (default 64 MiB; the device's
+    /// policy bounds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -197,7 +201,74 @@ pub struct Container {
     /// Keep setuid/setgid bits from the image layers (stripped by default).
     #[serde(default)]
     pub allow_setuid: bool,
+    /// Capabilities beyond the default set container engines grant (e.g. `CAP_NET_ADMIN`).
+    /// The device's policy must allow each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    /// Roles on the runtime's socket. `manager` lets the container manage the device
+    /// (install, run, metadata) through its own socket; only the device's policy may
+    /// allow it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<Role>,
+    /// More paths in the container where the revision's files appear (read-only), besides
+    /// `/run/edgevisor/files`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files_at: Vec<String>,
 }
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Everything root on the management socket may do.
+    Manager,
+}
+
+/// Every Linux capability a state may name.
+pub const CAPABILITIES: &[&str] = &[
+    "CAP_AUDIT_CONTROL",
+    "CAP_AUDIT_READ",
+    "CAP_AUDIT_WRITE",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_KILL",
+    "CAP_LEASE",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MKNOD",
+    "CAP_NET_ADMIN",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_RAW",
+    "CAP_PERFMON",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYSLOG",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_NICE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_WAKE_ALARM",
+];
 
 impl Container {
     pub fn success_codes(&self) -> Vec<i32> {
@@ -324,6 +395,14 @@ impl State {
                     p.push(format!("{at}: two mounts at {:?}", m.destination));
                 }
             }
+            for f in &c.files_at {
+                if !is_clean_abs(f) || f == "/" {
+                    p.push(format!("{at}: filesAt {f:?} must be a clean absolute path"));
+                }
+                if !dests.insert(f.clone()) {
+                    p.push(format!("{at}: two mounts at {f:?}"));
+                }
+            }
             let mut vnames = BTreeSet::new();
             for v in &c.volumes {
                 if !valid_name(&v.name) || !vnames.insert(v.name.clone()) {
@@ -379,8 +458,22 @@ impl State {
             if c.limits.memory_bytes.is_some_and(|m| m < 1 << 20) {
                 p.push(format!("{at}: memoryBytes below 1 MiB"));
             }
-            if c.limits.cpu_millis.is_some_and(|m| m == 0) || c.limits.pids == Some(0) {
+            if c.limits.cpu_millis.is_some_and(|m| m == 0)
+                || c.limits.pids == Some(0)
+                || c.limits.tmpfs_bytes == Some(0)
+            {
                 p.push(format!("{at}: limits must be positive"));
+            }
+            let mut caps = BTreeSet::new();
+            for cap in &c.capabilities {
+                if !CAPABILITIES.contains(&cap.as_str()) {
+                    p.push(format!(
+                        "{at}: unknown capability {cap:?} (write it as CAP_NET_ADMIN)"
+                    ));
+                }
+                if !caps.insert(cap) {
+                    p.push(format!("{at}: capability {cap} named twice"));
+                }
             }
         }
         let mut paths = BTreeSet::new();
@@ -458,7 +551,8 @@ pub fn valid_rev(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
 }
 
-fn is_clean_abs(p: &str) -> bool {
+/// An absolute path without empty, `.` or `..` components.
+pub fn is_clean_abs(p: &str) -> bool {
     p.starts_with('/')
         && !p.contains('\0')
         && (p == "/"

@@ -1,41 +1,21 @@
 //! Who is on the other end of a connection, and what they may do.
 
 use super::*;
-use crate::state::valid_name;
 
-/// Who is on the other end of a connection.
+/// Who is on the other end of a connection. The socket a connection came in on says
+/// which kind it is (see [`crate::sockets`]); nothing is read from `/proc` to decide.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     Manager,
-    /// A process in one of our containers (the name, if it is a current one).
-    Container(Option<String>),
+    /// A process in our container of this name, on that container's own socket.
+    Container(String),
     Other,
 }
 
-/// Pure: decide from what `/proc` says. `cgroup` is `/proc/<pid>/cgroup`.
-pub fn classify(
-    uid: u32,
-    gids: &[u32],
-    cgroup: &str,
-    prefix: &str,
-    manager_gid: Option<u32>,
-) -> Caller {
-    let marker = "/edgevisor/";
-    for line in cgroup.lines() {
-        let path = line.splitn(3, ':').nth(2).unwrap_or_default();
-        if let Some(pos) = path.find(marker) {
-            let id = path[pos + marker.len()..]
-                .split('/')
-                .next()
-                .unwrap_or_default();
-            let name = id
-                .strip_prefix(prefix)
-                .and_then(|r| r.strip_prefix('-'))
-                .filter(|n| valid_name(n))
-                .map(str::to_owned);
-            return Caller::Container(name);
-        }
-    }
+/// Pure: a caller of the management socket, from its kernel-checked credentials. `gids`
+/// are its primary and supplementary groups (the supplementary ones may be missing if
+/// the process is gone: that can only refuse, never grant).
+pub fn classify(uid: u32, gids: &[u32], manager_gid: Option<u32>) -> Caller {
     if uid == 0 || manager_gid.is_some_and(|g| gids.contains(&g)) {
         Caller::Manager
     } else {
@@ -43,42 +23,64 @@ pub fn classify(
     }
 }
 
-pub(super) fn identify(cred: Option<tokio::net::unix::UCred>, d: &Daemon) -> Caller {
+/// A caller of the management socket. Without credentials it is nobody.
+pub(super) fn identify(cred: Option<tokio::net::unix::UCred>, manager_gid: Option<u32>) -> Caller {
     let Some(cred) = cred else {
         return Caller::Other;
     };
-    let (cgroup, mut gids) = match cred.pid() {
-        Some(pid) => {
-            let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let gids: Vec<u32> = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| {
-                    g.split_whitespace()
-                        .filter_map(|x| x.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            (cg, gids)
-        }
-        None => (String::new(), Vec::new()),
-    };
-    gids.push(cred.gid());
-    classify(cred.uid(), &gids, &cgroup, &d.prefix, d.cfg.manager_gid)
+    let mut gids = vec![cred.gid()];
+    if cred.uid() != 0
+        && manager_gid.is_some()
+        && let Some(pid) = cred.pid()
+    {
+        gids.extend(supplementary_groups(pid));
+    }
+    classify(cred.uid(), &gids, manager_gid)
 }
+
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a container may ask of its own socket: its own status and ready signal, the
+/// device's metadata and the runtime's version. Never another container's state (env),
+/// objects, logs, or any write.
+const CONTAINER_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/containers"),
+    ("POST", "/signal"),
+    ("GET", "/device-meta"),
+    ("GET", "/device-meta/{key}"),
+    ("GET", "/user-meta"),
+    ("GET", "/user-meta/{key}"),
+    ("GET", "/buildinfo"),
+];
 
 pub(super) fn authorize(caller: &Caller, method: &Method, route: &str) -> Result<(), ApiError> {
     match caller {
         Caller::Manager => Ok(()),
-        Caller::Container(_) if method == Method::GET || route == "/signal" => Ok(()),
+        Caller::Container(_)
+            if CONTAINER_ROUTES
+                .iter()
+                .any(|(m, r)| *m == method.as_str() && *r == route) =>
+        {
+            Ok(())
+        }
         Caller::Container(_) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "containers may only read and signal",
+            "a container may only read its own status and the device's metadata, and signal ready",
         )),
         Caller::Other => Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "caller is neither a manager nor one of our containers",
+            "only root or the manager group may use the control socket",
         )),
     }
 }
@@ -88,34 +90,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn callers_are_classified_by_cgroup_then_credentials() {
-        let cg = "12:memory:/edgevisor/evabc-web\n0::/\n";
-        assert_eq!(
-            classify(0, &[0], cg, "evabc", None),
-            Caller::Container(Some("web".into()))
-        );
-        assert_eq!(
-            classify(0, &[0], cg, "evzzz", None),
-            Caller::Container(None)
-        );
-        assert_eq!(
-            classify(0, &[], "0::/user.slice\n", "evabc", None),
-            Caller::Manager
-        );
-        assert_eq!(
-            classify(1000, &[50], "", "evabc", Some(50)),
-            Caller::Manager
-        );
-        assert_eq!(classify(1000, &[51], "", "evabc", Some(50)), Caller::Other);
+    fn management_callers_are_root_or_the_manager_group() {
+        assert_eq!(classify(0, &[0], None), Caller::Manager);
+        assert_eq!(classify(1000, &[50], Some(50)), Caller::Manager);
+        assert_eq!(classify(1000, &[51], Some(50)), Caller::Other);
+        assert_eq!(classify(1000, &[], None), Caller::Other);
     }
 
     #[test]
-    fn containers_may_read_and_signal_only() {
-        let c = Caller::Container(Some("web".into()));
-        assert!(authorize(&c, &Method::GET, "/steps").is_ok());
-        assert!(authorize(&c, &Method::POST, "/signal").is_ok());
-        assert!(authorize(&c, &Method::PUT, "/steps/{rev}").is_err());
-        assert!(authorize(&c, &Method::POST, "/commands").is_err());
-        assert!(authorize(&Caller::Other, &Method::GET, "/steps").is_err());
+    fn containers_may_read_their_own_and_signal_only() {
+        let c = Caller::Container("web".into());
+        for (m, r) in [
+            (Method::GET, "/containers"),
+            (Method::POST, "/signal"),
+            (Method::GET, "/user-meta/{key}"),
+            (Method::GET, "/buildinfo"),
+        ] {
+            assert!(authorize(&c, &m, r).is_ok(), "{m} {r}");
+        }
+        for (m, r) in [
+            (Method::GET, "/steps"),
+            (Method::GET, "/steps/{rev}"),
+            (Method::GET, "/objects/{sha256}"),
+            (Method::GET, "/containers/{name}/logs"),
+            (Method::PUT, "/steps/{rev}"),
+            (Method::PUT, "/user-meta/{key}"),
+            (Method::POST, "/commands"),
+            (Method::PUT, "/containers/{name}"),
+        ] {
+            let e = authorize(&c, &m, r).expect_err("forbidden");
+            assert_eq!(e.status, StatusCode::FORBIDDEN, "{m} {r}");
+        }
+        assert!(authorize(&Caller::Other, &Method::GET, "/buildinfo").is_err());
+        assert!(authorize(&Caller::Manager, &Method::POST, "/commands").is_ok());
     }
 }

@@ -1,10 +1,11 @@
 //! The control socket: HTTP/1.1 over a UNIX socket, described in `openapi.yaml`.
 //!
 //! [`serve`] takes its listener and a shutdown future from the caller (tests bind a
-//! socket in a temp dir). Every connection is tagged with its peer credentials
-//! (SO_PEERCRED) once, and every request is authorised against them: management
-//! callers (root or the manager group) may do everything; a process inside one of
-//! our containers (found by its cgroup) may read and `POST /signal` for itself.
+//! socket in a temp dir). Every connection is tagged with who is calling
+//! once, by the socket it came in on: on the management socket by its kernel-checked
+//! credentials (SO_PEERCRED: root or the manager group may do everything, anyone else
+//! nothing); on a container's own socket as that container, which may read its own
+//! status and the device's metadata and `POST /signal` for itself ([`crate::sockets`]).
 //! [`ROUTES`] is the single route table: the router uses it and the OpenAPI test
 //! checks it against the document.
 
@@ -182,32 +183,62 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<(&'static str, Vec<&'a s
     Err(path_known)
 }
 
-/// Serves until `shutdown` resolves. The listener is the caller's.
+/// Serves until `shutdown` resolves: the management socket (`listener`, the caller's) and
+/// every container socket the daemon binds meanwhile ([`crate::sockets`]).
 pub async fn serve(listener: UnixListener, d: Arc<Daemon>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let mut containers = d.sockets.take_listeners();
+    // Dropped on return: the container sockets' accept loops end with the server.
+    let mut loops = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
-                let caller = identify(stream.peer_cred().ok(), &d);
-                let d = d.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let d = d.clone();
-                        let caller = caller.clone();
-                        async move { Ok::<_, Infallible>(handle(d, caller, req).await) }
-                    });
-                    // Small buffers: uploads stream to disk anyway, and a device's
-                        // memory is better spent elsewhere.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .max_buf_size(64 * 1024)
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+                let caller = identify(stream.peer_cred().ok(), d.cfg.manager_gid);
+                tokio::spawn(serve_connection(d.clone(), stream, caller));
+            }
+            Some((name, l)) = async { match containers.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            } } => {
+                match UnixListener::from_std(l) {
+                    Ok(l) => { loops.spawn(serve_container(l, d.clone(), name)); }
+                    Err(e) => tracing::error!(container = name, error = %e, "container socket"),
+                }
             }
         }
     }
+}
+
+/// Every connection on a container's socket is that container (or the manager, if its
+/// state holds the role the device's policy granted).
+async fn serve_container(listener: UnixListener, d: Arc<Daemon>, name: String) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let caller = if d.sockets.is_manager(&name) {
+            Caller::Manager
+        } else {
+            Caller::Container(name.clone())
+        };
+        tokio::spawn(serve_connection(d.clone(), stream, caller));
+    }
+}
+
+async fn serve_connection(d: Arc<Daemon>, stream: tokio::net::UnixStream, caller: Caller) {
+    let svc = hyper::service::service_fn(move |req| {
+        let d = d.clone();
+        let caller = caller.clone();
+        async move { Ok::<_, Infallible>(handle(d, caller, req).await) }
+    });
+    // Small buffers: uploads stream to disk anyway, and a device's memory is better
+    // spent elsewhere.
+    let _ = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }
 
 pub async fn handle(d: Arc<Daemon>, caller: Caller, req: Request<Incoming>) -> Response<Body> {
@@ -272,7 +303,13 @@ async fn dispatch(
         "/device-meta/{key}" | "/user-meta/{key}" => {
             meta::key(d, meta_kind(tpl), param(p, 0), req).await
         }
-        "/containers" => Ok(json_response(StatusCode::OK, &d.containers().await)),
+        "/containers" => {
+            let mut all = d.containers().await;
+            if let Caller::Container(own) = caller {
+                all.retain(|c| c.name == *own);
+            }
+            Ok(json_response(StatusCode::OK, &all))
+        }
         "/containers/{name}" => containers::action(d, param(p, 0), req).await,
         "/containers/{name}/logs" => containers::logs(d, param(p, 0), &req),
         "/signal" => containers::signal(d, caller, req).await,

@@ -75,7 +75,7 @@ fn install_error(e: InstallError) -> ApiError {
             a.body.missing = m.clone();
             a
         }
-        InstallError::SizeMismatch(..) => wontgo(&e),
+        InstallError::SizeMismatch(..) | InstallError::Policy(_) => wontgo(&e),
         InstallError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
         InstallError::NoSpace { .. } => {
             ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())

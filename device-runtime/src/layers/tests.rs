@@ -131,6 +131,7 @@ fn setuid_is_stripped_unless_allowed() {
         UnpackOptions {
             allow_setuid: true,
             max_bytes: None,
+            max_entries: None,
         },
     )
     .unwrap();
@@ -205,6 +206,7 @@ fn a_layer_larger_than_the_budget_is_refused() {
     let opts = UnpackOptions {
         allow_setuid: false,
         max_bytes: Some(64 * 1024),
+        max_entries: None,
     };
     assert!(matches!(
         unpack_layer(&t[..], d.path(), None, opts),
@@ -217,9 +219,27 @@ fn a_layer_larger_than_the_budget_is_refused() {
     let opts = UnpackOptions {
         allow_setuid: false,
         max_bytes: Some(2 << 20),
+        max_entries: None,
     };
     let s = unpack_layer(&t[..], d.path(), None, opts).unwrap();
     assert_eq!(s.bytes, 1 << 20);
+}
+
+#[test]
+fn a_layer_with_more_entries_than_allowed_is_refused() {
+    let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    let entries: Vec<RawEntry> = names.iter().map(|n| RawEntry::file(n, b"")).collect();
+    let t = tar(&entries);
+    let d = tempfile::tempdir().unwrap();
+    let opts = |max| UnpackOptions {
+        max_entries: Some(max),
+        ..UnpackOptions::default()
+    };
+    assert!(matches!(
+        unpack_layer(&t[..], d.path(), None, opts(10)),
+        Err(LayerError::TooManyEntries(10))
+    ));
+    assert!(unpack_layer(&t[..], d.path(), None, opts(20)).is_ok());
 }
 
 /// A tar split into zstd frames at an entry boundary, as `zstd:chunked` writes it, with

@@ -66,6 +66,11 @@ impl Device {
     }
 
     pub fn new(extra: &[&str]) -> Device {
+        Device::with_policy(extra, None)
+    }
+
+    /// With a device policy (`policy.json` in its directory) besides `extra` flags.
+    pub fn with_policy(extra: &[&str], policy: Option<&str>) -> Device {
         require_tools();
         let mut d = Device {
             dir: tempfile::Builder::new()
@@ -75,6 +80,12 @@ impl Device {
             child: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
         };
+        if let Some(p) = policy {
+            let path = d.dir.path().join("policy.json");
+            std::fs::write(&path, p).unwrap();
+            d.extra_args
+                .extend(["--policy".into(), path.display().to_string()]);
+        }
         d.start();
         d
     }

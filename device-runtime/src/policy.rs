@@ -1,0 +1,310 @@
+//! The device's own policy: what a revision may ask of this device, whoever signed it.
+//!
+//! The cloud decides *what* runs; the device's owner decides what anything may do to the
+//! device. The policy is a JSON file the runtime reads once at start (`--policy`, default
+//! [`DEFAULT_PATH`]); a state that asks for more than it allows is refused before
+//! anything is stored or unpacked, `WONTGO` with reason `PolicyDenied` and a message that
+//! names the field. Without a file the policy is the safe default: no host paths, no
+//! setuid bits, no capabilities beyond the default set, no manager role, tmpfs of at
+//! most 64 MiB. [`Policy::check`] is pure.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::state::{Container, Network, Role, State};
+
+pub const DEFAULT_PATH: &str = "/etc/edgevisor/policy.json";
+/// The size of a container's `/tmp` and `/run` when the state does not say.
+pub const DEFAULT_TMPFS_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Policy {
+    /// Host paths a state may bind-mount, each with everything below it.
+    #[serde(default)]
+    pub host_paths: Vec<HostPath>,
+    /// Whether a container may share the device's network namespace.
+    #[serde(default = "yes")]
+    pub host_network: bool,
+    /// Whether a state may keep setuid/setgid bits from its layers (`allowSetuid`).
+    #[serde(default)]
+    pub setuid: bool,
+    /// Capabilities a state may add to the default set.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Containers (by name) that a state may give the `manager` role.
+    #[serde(default)]
+    pub manager_role: Vec<String>,
+    /// The largest `/tmp` or `/run` a container may ask for.
+    #[serde(default = "default_max_tmpfs")]
+    pub max_tmpfs_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostPath {
+    /// A clean absolute path; `/` allows every path.
+    pub path: String,
+    /// Only read-only mounts of it.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_tmpfs() -> u64 {
+    DEFAULT_TMPFS_BYTES
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            host_paths: Vec::new(),
+            host_network: true,
+            setuid: false,
+            capabilities: Vec::new(),
+            manager_role: Vec::new(),
+            max_tmpfs_bytes: DEFAULT_TMPFS_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// Why a state is refused: the first field the policy does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("denied by the device's policy: {field}: {why}")]
+pub struct PolicyDenied {
+    /// Where in the state, e.g. `containers[web].mounts[0].source`.
+    pub field: String,
+    pub why: String,
+}
+
+impl Policy {
+    /// Reads the policy. `explicit`: the path was given on the command line, so a
+    /// missing file is an error rather than the default policy.
+    pub fn load(path: &Path, explicit: bool) -> Result<Policy, PolicyError> {
+        let invalid = |message: String| PolicyError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Policy::default());
+            }
+            Err(e) => return Err(invalid(e.to_string())),
+        };
+        let p: Policy = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let problems = p.validate();
+        if problems.is_empty() {
+            Ok(p)
+        } else {
+            Err(invalid(problems.join("; ")))
+        }
+    }
+
+    fn validate(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for h in &self.host_paths {
+            if !crate::state::is_clean_abs(&h.path) {
+                out.push(format!(
+                    "hostPaths: {:?} is not a clean absolute path",
+                    h.path
+                ));
+            }
+        }
+        for c in &self.capabilities {
+            if !crate::state::CAPABILITIES.contains(&c.as_str()) {
+                out.push(format!("capabilities: unknown capability {c:?}"));
+            }
+        }
+        out
+    }
+
+    /// Pure: whether the device lets `state` run, naming the first field it refuses.
+    pub fn check(&self, state: &State) -> Result<(), PolicyDenied> {
+        for c in &state.containers {
+            self.check_container(c)?;
+        }
+        Ok(())
+    }
+
+    fn check_container(&self, c: &Container) -> Result<(), PolicyDenied> {
+        let at = |field: String, why: String| PolicyDenied {
+            field: format!("containers[{}].{field}", c.name),
+            why,
+        };
+        for (i, m) in c.mounts.iter().enumerate() {
+            let allowed = self
+                .host_paths
+                .iter()
+                .find(|h| is_within(&m.source, &h.path) && (m.read_only || !h.read_only));
+            if allowed.is_none() {
+                let why = if self
+                    .host_paths
+                    .iter()
+                    .any(|h| is_within(&m.source, &h.path))
+                {
+                    format!("{} may only be mounted read-only", m.source)
+                } else {
+                    format!("host path {} is not allowed", m.source)
+                };
+                return Err(at(format!("mounts[{i}].source"), why));
+            }
+        }
+        if c.network == Network::Host && !self.host_network {
+            return Err(at(
+                "network".into(),
+                "the host network is not allowed".into(),
+            ));
+        }
+        if c.allow_setuid && !self.setuid {
+            return Err(at(
+                "allowSetuid".into(),
+                "setuid bits are not allowed".into(),
+            ));
+        }
+        if let Some(cap) = c
+            .capabilities
+            .iter()
+            .find(|cap| !self.capabilities.contains(cap))
+        {
+            return Err(at("capabilities".into(), format!("{cap} is not allowed")));
+        }
+        if c.roles.contains(&Role::Manager) && !self.manager_role.contains(&c.name) {
+            return Err(at(
+                "roles".into(),
+                "the manager role is not allowed for this container".into(),
+            ));
+        }
+        let tmpfs = c.limits.tmpfs_bytes.unwrap_or(DEFAULT_TMPFS_BYTES);
+        if tmpfs > self.max_tmpfs_bytes {
+            return Err(at(
+                "limits.tmpfsBytes".into(),
+                format!(
+                    "{tmpfs} is above the largest allowed, {}",
+                    self.max_tmpfs_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `path` is `root` or below it, component-wise (`/data2` is not within `/data`).
+fn is_within(path: &str, root: &str) -> bool {
+    root == "/"
+        || path == root
+        || path
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn state(container: serde_json::Value) -> State {
+        let mut c = json!({
+            "name": "web",
+            "image": {"config": {"digest": format!("sha256:{}", "a".repeat(64)), "size": 1},
+                      "layers": [{"digest": format!("sha256:{}", "b".repeat(64)), "size": 1}]}
+        });
+        if let (Some(o), Some(e)) = (c.as_object_mut(), container.as_object()) {
+            o.extend(e.clone());
+        }
+        let s = json!({"#spec": crate::state::SPEC, "containers": [c]});
+        State::parse(&serde_json::to_vec(&s).expect("json")).expect("valid state")
+    }
+
+    fn policy(v: serde_json::Value) -> Policy {
+        serde_json::from_value(v).expect("policy")
+    }
+
+    #[test]
+    fn the_default_refuses_host_paths_setuid_capabilities_and_the_manager_role() {
+        let p = Policy::default();
+        assert_eq!(p.check(&state(json!({}))), Ok(()));
+        for (extra, field) in [
+            (
+                json!({"mounts": [{"source": "/", "destination": "/host"}]}),
+                "mounts[0].source",
+            ),
+            (json!({"allowSetuid": true}), "allowSetuid"),
+            (json!({"capabilities": ["CAP_SYS_ADMIN"]}), "capabilities"),
+            (json!({"roles": ["manager"]}), "roles"),
+            (
+                json!({"limits": {"tmpfsBytes": 1u64 << 30}}),
+                "limits.tmpfsBytes",
+            ),
+        ] {
+            let e = p.check(&state(extra.clone())).expect_err("denied");
+            assert_eq!(e.field, format!("containers[web].{field}"), "{extra}");
+        }
+    }
+
+    #[test]
+    fn what_the_policy_allows_runs() {
+        let p = policy(json!({
+            "hostPaths": [{"path": "/var/log", "readOnly": true}, {"path": "/data"}],
+            "setuid": true,
+            "capabilities": ["CAP_NET_ADMIN"],
+            "managerRole": ["web"],
+            "maxTmpfsBytes": 1u64 << 30
+        }));
+        let ok = state(json!({
+            "mounts": [{"source": "/var/log/app", "destination": "/logs", "readOnly": true},
+                       {"source": "/data", "destination": "/data"}],
+            "allowSetuid": true,
+            "capabilities": ["CAP_NET_ADMIN"],
+            "roles": ["manager"],
+            "limits": {"tmpfsBytes": 1u64 << 30}
+        }));
+        assert_eq!(p.check(&ok), Ok(()));
+        let rw = state(json!({"mounts": [{"source": "/var/log", "destination": "/l"}]}));
+        assert!(p.check(&rw).expect_err("rw").why.contains("read-only"));
+        let sibling = state(json!({"mounts": [{"source": "/data2", "destination": "/d"}]}));
+        assert!(p.check(&sibling).is_err());
+        let other_cap = state(json!({"capabilities": ["CAP_SYS_ADMIN"]}));
+        assert!(p.check(&other_cap).is_err());
+    }
+
+    #[test]
+    fn host_network_can_be_forbidden() {
+        let p = policy(json!({"hostNetwork": false}));
+        assert_eq!(
+            p.check(&state(json!({}))).expect_err("host").field,
+            "containers[web].network"
+        );
+        assert_eq!(p.check(&state(json!({"network": "isolated"}))), Ok(()));
+    }
+
+    #[test]
+    fn a_policy_file_is_read_strictly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("none.json");
+        assert_eq!(
+            Policy::load(&missing, false).expect("default"),
+            Policy::default()
+        );
+        assert!(Policy::load(&missing, true).is_err());
+        let f = dir.path().join("p.json");
+        std::fs::write(&f, r#"{"hostPath": []}"#).expect("write");
+        let e = Policy::load(&f, true).expect_err("typo").to_string();
+        assert!(e.contains("hostPath"), "{e}");
+        std::fs::write(&f, r#"{"capabilities": ["NET_ADMIN"]}"#).expect("write");
+        assert!(Policy::load(&f, true).is_err());
+        std::fs::write(&f, r#"{"hostPaths": [{"path": "/srv", "readOnly": true}]}"#)
+            .expect("write");
+        assert_eq!(Policy::load(&f, true).expect("ok").host_paths.len(), 1);
+    }
+}
