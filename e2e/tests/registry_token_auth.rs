@@ -113,11 +113,18 @@ async fn the_agent_downloads_through_token_auth_and_reuses_its_token() {
         });
     }
     let spool = tempfile::tempdir().unwrap();
+    let token_host = tr
+        .realm
+        .trim_start_matches("http://")
+        .trim_end_matches("/token")
+        .to_owned();
     let downloader = |auth: HashMap<String, Credentials>| {
         Downloader::new(DownloaderConfig {
             registry_http: reqwest::Client::new(),
             gateway_http: reqwest::Client::new(),
             registry_auth: auth,
+            // The test registry and its token service speak plain http.
+            insecure_registries: vec![tr.host.clone(), token_host.clone()],
             spool_dir: spool.path().join("downloads"),
             max_attempts: 2,
             base_delay: Duration::from_millis(50),

@@ -75,12 +75,19 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// `base` is `https://host:port` (a path prefix is kept). `http` must trust the
-    /// gateway's CA and have a read timeout longer than the long-poll wait.
-    pub fn new(http: reqwest::Client, base: &str) -> Result<Gateway, String> {
+    /// `base` is `https://host:port` (a path prefix is kept); `http://` only when
+    /// `allow_http` (tests). `http` must trust the gateway's CA and have a read timeout
+    /// longer than the long-poll wait.
+    pub fn new(http: reqwest::Client, base: &str, allow_http: bool) -> Result<Gateway, String> {
         let mut base = Url::parse(base).map_err(|e| format!("--gateway {base:?}: {e}"))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
-            return Err(format!("--gateway {base} must be an http(s) URL"));
+            return Err(format!("--gateway {base} must be an https URL"));
+        }
+        if base.scheme() == "http" && !allow_http {
+            return Err(format!(
+                "--gateway {base} is plain http: the device's credential would cross the \
+                 network in clear; use https (--insecure-gateway exists for tests only)"
+            ));
         }
         if !base.path().ends_with('/') {
             let p = format!("{}/", base.path());
@@ -265,7 +272,7 @@ mod tests {
 
     #[test]
     fn urls_escape_segments_and_keep_prefixes() {
-        let g = Gateway::new(reqwest_client(), "https://gw.example:8443/edge").unwrap();
+        let g = Gateway::new(reqwest_client(), "https://gw.example:8443/edge", false).unwrap();
         let c = Credential {
             namespace: "ns".into(),
             name: "dev/../x".into(),
@@ -277,8 +284,13 @@ mod tests {
             "https://gw.example:8443/edge/v1/devices/ns/dev%2F..%2Fx/files/ab"
         );
         assert_eq!(g.base(), "https://gw.example:8443/edge");
-        assert!(Gateway::new(reqwest_client(), "gw.example").is_err());
-        assert!(Gateway::new(reqwest_client(), "ftp://gw.example").is_err());
+        assert!(Gateway::new(reqwest_client(), "gw.example", false).is_err());
+        assert!(Gateway::new(reqwest_client(), "ftp://gw.example", false).is_err());
+        let e = Gateway::new(reqwest_client(), "http://gw.example", false)
+            .err()
+            .unwrap();
+        assert!(e.contains("plain http"), "{e}");
+        assert!(Gateway::new(reqwest_client(), "http://gw.example", true).is_ok());
     }
 
     fn reqwest_client() -> reqwest::Client {

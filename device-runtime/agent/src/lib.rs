@@ -81,6 +81,15 @@ pub struct AgentArgs {
     /// Docker config.json whose "auths" hold credentials for private registries.
     #[arg(long, env = "EDGEVISOR_AGENT_REGISTRY_AUTH")]
     pub registry_auth: Option<PathBuf>,
+    /// A registry (host or host:port) the agent may reach over plain http, repeatable.
+    /// For tests and labs only: blobs are verified by digest, but credentials and tokens
+    /// for it, and for a token service on plain http, cross the network unprotected.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// Accept an http:// --gateway. For tests only: the device's credential would cross
+    /// the network in clear.
+    #[arg(long)]
+    pub insecure_gateway: bool,
     /// Objects downloaded at the same time.
     #[arg(long, env = "EDGEVISOR_AGENT_PARALLEL_DOWNLOADS", default_value_t = 3,
           value_parser = clap::value_parser!(u16).range(1..=32))]
@@ -473,7 +482,8 @@ async fn setup(args: &AgentArgs, wait: Duration) -> Result<(Arc<Ctx>, Gateway, C
         ca.as_deref(),
         (wait + Duration::from_secs(30)).max(Duration::from_secs(60)),
     )?;
-    let gw = Gateway::new(gateway_http.clone(), &args.gateway).map_err(Error::Config)?;
+    let gw = Gateway::new(gateway_http.clone(), &args.gateway, args.insecure_gateway)
+        .map_err(Error::Config)?;
     let registry_auth = match &args.registry_auth {
         Some(p) => {
             let bytes = std::fs::read(p).map_err(|source| Error::File {
@@ -497,6 +507,7 @@ async fn setup(args: &AgentArgs, wait: Duration) -> Result<(Arc<Ctx>, Gateway, C
             registry_http,
             gateway_http,
             registry_auth,
+            insecure_registries: args.insecure_registries.clone(),
             spool_dir: args.state_dir.join("downloads"),
             max_attempts: args.download_attempts,
             base_delay: Duration::from_millis(500),

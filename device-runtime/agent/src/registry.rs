@@ -80,6 +80,9 @@ pub struct DownloaderConfig {
     pub gateway_http: reqwest::Client,
     /// `Authorization` values by registry host (see [`parse_docker_config`]).
     pub registry_auth: HashMap<String, Credentials>,
+    /// Hosts (`host[:port]`) that may be reached over plain http: registries and token
+    /// services. Any other http URL is refused before a byte is sent.
+    pub insecure_registries: Vec<String>,
     /// The spool directory, `<state-dir>/downloads`.
     pub spool_dir: PathBuf,
     /// Attempts per blob before giving up.
@@ -380,6 +383,7 @@ impl Downloader {
             Source::Registry { base, repository } => {
                 let url = blob_url(base, repository, hex)
                     .ok_or_else(|| fail(hex, format!("bad registry URL {base}")))?;
+                self.check_tls(hex, &url, "registry")?;
                 let key = format!("{}|{repository}", url_host(base));
                 let cached = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
                 let resp = send(&self.cfg.registry_http, &url, cached.as_deref())
@@ -415,6 +419,21 @@ impl Downloader {
         }
     }
 
+    /// Refuses a plain-http URL whose host is not listed as insecure.
+    fn check_tls(&self, hex: &str, url: &Url, what: &str) -> Result<(), DownloadError> {
+        let host = url_host(url);
+        if url.scheme() == "https" || self.cfg.insecure_registries.contains(&host) {
+            return Ok(());
+        }
+        Err(fail(
+            hex,
+            format!(
+                "the {what} {host} is plain http: refused (credentials and tokens go over \
+                 TLS only; --insecure-registry {host} allows it, for tests and labs)"
+            ),
+        ))
+    }
+
     /// The `Authorization` value a challenge asks for.
     async fn authorize(
         &self,
@@ -448,6 +467,9 @@ impl Downloader {
         };
         let mut url =
             Url::parse(&realm).map_err(|e| fail(hex, format!("bad token realm {realm:?}: {e}")))?;
+        // Any host may issue tokens (that is how public registries work), but credentials
+        // and tokens travel over TLS only.
+        self.check_tls(hex, &url, "token service")?;
         url.query_pairs_mut().extend_pairs(query);
         let mut req = self.cfg.registry_http.get(url);
         if let Some(b) = &basic {

@@ -158,6 +158,8 @@ impl Agent {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_agent"))
             .args(["--gateway", &format!("http://127.0.0.1:{port}")])
+            .arg("--insecure-gateway")
+            .args(["--insecure-registry", &format!("127.0.0.1:{port}")])
             .arg("--runtime-socket")
             .arg(dev.socket())
             .arg("--state-dir")

@@ -201,7 +201,8 @@ fn hex_of(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-fn downloader(spool: &std::path::Path) -> Downloader {
+/// A downloader that may reach the test registry on `port` over plain http.
+fn downloader(spool: &std::path::Path, port: u16) -> Downloader {
     agent::install_crypto_provider();
     let http = || {
         reqwest::Client::builder()
@@ -213,6 +214,7 @@ fn downloader(spool: &std::path::Path) -> Downloader {
         registry_http: http(),
         gateway_http: http(),
         registry_auth: HashMap::new(),
+        insecure_registries: vec![format!("127.0.0.1:{port}")],
         spool_dir: spool.to_owned(),
         max_attempts: 4,
         base_delay: Duration::from_millis(10),
@@ -228,6 +230,31 @@ fn fetch(port: u16, data: &[u8]) -> Fetch {
             repository: "team/app".into(),
         },
     }
+}
+
+#[tokio::test]
+async fn a_plain_http_registry_is_refused_unless_listed_as_insecure() {
+    let data = blob(9, 1000);
+    let mut reg = Registry::default();
+    reg.blobs.insert(
+        hex_of(&data),
+        Blob {
+            data: data.clone(),
+            mode: Mode::CutThenResume,
+        },
+    );
+    let reg = Arc::new(reg);
+    let port = start(reg.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Listed for another port only: this one is refused before a byte is sent.
+    let d = downloader(dir.path(), port.wrapping_add(1));
+    let progress = AtomicU64::new(0);
+    let e = d
+        .download(&fetch(port, &data), &progress)
+        .await
+        .unwrap_err();
+    assert!(!e.retry && e.msg.contains("plain http"), "{}", e.msg);
+    assert!(reg.gets.lock().unwrap().is_empty(), "a request was sent");
 }
 
 #[tokio::test]
@@ -253,7 +280,7 @@ async fn downloads_resume_after_a_cut_authenticate_and_verify() {
     let port = start(reg.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("downloads");
-    let d = downloader(&spool);
+    let d = downloader(&spool, port);
 
     // Cut half way, then resumed with Range; the token is fetched once and reused.
     let progress = AtomicU64::new(0);
@@ -323,7 +350,7 @@ async fn a_spool_left_by_an_earlier_run_is_resumed_not_refetched() {
     let reg = Arc::new(reg);
     let port = start(reg.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let d = downloader(dir.path());
+    let d = downloader(dir.path(), port);
     let f = fetch(port, &data);
     // What an agent killed mid-download leaves behind. The server's first GET would cut,
     // so count it as done: the spool must make the next request a Range request.

@@ -114,7 +114,7 @@ async fn targets_are_downloaded_installed_run_and_reported() {
     let (reporter, _rx) = Reporter::new();
     let ctx = Arc::new(Ctx {
         runtime: runtime.clone(),
-        gateway: Gateway::new(http.clone(), &registry).unwrap(),
+        gateway: Gateway::new(http.clone(), &registry, true).unwrap(),
         cred: Credential {
             namespace: "fleet".into(),
             name: "edge-1".into(),
@@ -125,6 +125,7 @@ async fn targets_are_downloaded_installed_run_and_reported() {
             registry_http: http.clone(),
             gateway_http: http,
             registry_auth: HashMap::new(),
+            insecure_registries: vec![format!("127.0.0.1:{port}")],
             spool_dir: dev.dir.path().join("agent/downloads"),
             max_attempts: 2,
             base_delay: Duration::from_millis(10),

@@ -35,6 +35,11 @@ impl World {
                 &self.token.token,
             );
             o.info = vec![("model".into(), "e2e-netns".into())];
+            // The local registry speaks plain http (blobs are verified by digest).
+            o.agent_args = vec![
+                "--insecure-registry".into(),
+                self.forward.addr().to_string(),
+            ];
             let device =
                 RealDevice::start(self.env, &o).with_context(|| format!("device {name}"))?;
             if i == 0 {
