@@ -83,6 +83,36 @@ async fn a_container_sees_its_own_socket_and_may_only_read_its_own_and_signal() 
 }
 
 #[tokio::test]
+async fn a_container_the_policy_grants_the_manager_role_manages_the_device() {
+    let mut policy: serde_json::Value = serde_json::from_str(&evctl_policy()).unwrap();
+    policy["managerRole"] = json!(["admin"]);
+    let dev = Device::with_policy(&[], Some(&policy.to_string()));
+    let c = dev.client();
+    let image = busybox_image(&c, dev.dir.path()).await;
+    let mut admin = with_evctl(container(
+        "admin",
+        &image,
+        "evctl meta user granted yes && echo wrote; exec sleep 1000",
+    ));
+    admin["roles"] = json!(["manager"]);
+    let p = install_and_run(&c, "v1", state(vec![admin], 20, 1)).await;
+    assert_eq!(p["status"], "DONE", "{p}\n{}", dev.log());
+    let t = std::time::Instant::now();
+    loop {
+        let meta = c.get::<serde_json::Value>("/user-meta").await.unwrap();
+        if meta.to_string().contains("granted") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{meta}\n{}",
+            dev.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
 async fn the_device_policy_refuses_what_it_does_not_allow_before_anything_is_stored() {
     let mut dev = Device::new(&[]);
     let c = dev.client();
