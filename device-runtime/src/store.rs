@@ -121,6 +121,9 @@ impl Store {
             Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(root)),
             Err(fs::TryLockError::Error(e)) => return Err(e).at(&lock_path),
         }
+        // Objects, states (other containers' env), logs and metadata are root's alone;
+        // the root directory is only traversable, so the manager group reaches the
+        // control socket in it and nothing else.
         for d in [
             "objects/sha256",
             "objects/partial",
@@ -136,23 +139,8 @@ impl Store {
         ] {
             let p = root.join(d);
             fs::create_dir_all(&p).at(&p)?;
-        }
-        // Objects, states (other containers' env), logs and metadata are root's alone;
-        // the root directory is only traversable, so the manager group reaches the
-        // control socket in it and nothing else.
-        for d in [
-            "objects",
-            "revisions",
-            "boot",
-            "rootfs",
-            "bundles",
-            "volumes",
-            "logs",
-            "meta",
-            "runc",
-        ] {
-            let p = root.join(d);
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).at(&p)?;
+            let top = root.join(d.split('/').next().unwrap_or(d));
+            fs::set_permissions(&top, fs::Permissions::from_mode(0o700)).at(&top)?;
         }
         fs::set_permissions(&root, fs::Permissions::from_mode(0o711)).at(&root)?;
         Ok(Store { root, _lock: lock })
@@ -569,6 +557,17 @@ pub fn remove_any(p: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use crate::lifecycle::Status;
+
+    #[test]
+    fn only_root_reads_the_store_and_its_root_is_only_traversable() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("s")).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(s.root()), 0o711);
+        for sub in ["objects", "revisions", "logs", "meta", "volumes"] {
+            assert_eq!(mode(&s.root().join(sub)), 0o700, "{sub}");
+        }
+    }
 
     #[test]
     fn second_open_of_the_same_storage_is_refused() {
