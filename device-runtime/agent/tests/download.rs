@@ -54,6 +54,23 @@ struct Registry {
     gets: Mutex<HashMap<String, u32>>,
 }
 
+/// A registry serving `blobs`, each as its mode says, and its port.
+async fn registry_with(blobs: &[(&Vec<u8>, Mode)]) -> (Arc<Registry>, u16) {
+    let mut reg = Registry::default();
+    for (data, mode) in blobs {
+        reg.blobs.insert(
+            hex_of(data),
+            Blob {
+                data: (*data).clone(),
+                mode: *mode,
+            },
+        );
+    }
+    let reg = Arc::new(reg);
+    let port = start(reg.clone()).await;
+    (reg, port)
+}
+
 fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
@@ -235,16 +252,7 @@ fn fetch(port: u16, data: &[u8]) -> Fetch {
 #[tokio::test]
 async fn a_plain_http_registry_is_refused_unless_listed_as_insecure() {
     let data = blob(9, 1000);
-    let mut reg = Registry::default();
-    reg.blobs.insert(
-        hex_of(&data),
-        Blob {
-            data: data.clone(),
-            mode: Mode::CutThenResume,
-        },
-    );
-    let reg = Arc::new(reg);
-    let port = start(reg.clone()).await;
+    let (reg, port) = registry_with(&[(&data, Mode::CutThenResume)]).await;
     let dir = tempfile::tempdir().unwrap();
     // Listed for another port only: this one is refused before a byte is sent.
     let d = downloader(dir.path(), port.wrapping_add(1));
@@ -262,22 +270,12 @@ async fn downloads_resume_after_a_cut_authenticate_and_verify() {
     let resumable = blob(1, 3 << 20);
     let ignores_range = blob(2, 1 << 20);
     let corrupt = blob(3, 100 << 10);
-    let mut reg = Registry::default();
-    for (data, mode) in [
+    let (reg, port) = registry_with(&[
         (&resumable, Mode::CutThenResume),
         (&ignores_range, Mode::CutThenIgnoreRange),
         (&corrupt, Mode::Corrupt),
-    ] {
-        reg.blobs.insert(
-            hex_of(data),
-            Blob {
-                data: data.clone(),
-                mode,
-            },
-        );
-    }
-    let reg = Arc::new(reg);
-    let port = start(reg.clone()).await;
+    ])
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("downloads");
     let d = downloader(&spool, port);
@@ -339,16 +337,7 @@ async fn downloads_resume_after_a_cut_authenticate_and_verify() {
 #[tokio::test]
 async fn a_spool_left_by_an_earlier_run_is_resumed_not_refetched() {
     let data = blob(4, 1 << 20);
-    let mut reg = Registry::default();
-    reg.blobs.insert(
-        hex_of(&data),
-        Blob {
-            data: data.clone(),
-            mode: Mode::CutThenResume,
-        },
-    );
-    let reg = Arc::new(reg);
-    let port = start(reg.clone()).await;
+    let (reg, port) = registry_with(&[(&data, Mode::CutThenResume)]).await;
     let dir = tempfile::tempdir().unwrap();
     let d = downloader(dir.path(), port);
     let f = fetch(port, &data);
