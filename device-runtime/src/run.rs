@@ -125,7 +125,7 @@ impl Daemon {
                 cgroups_path: self.cgroups_path(&c.name),
                 socket: Some(
                     self.sockets
-                        .ensure(&c.name, c.roles.contains(&crate::state::Role::Manager))
+                        .ensure(&c.name)
                         .map_err(|e| RunError::Other(format!("container socket: {e}")))?,
                 ),
                 files_dir: files_dir.clone(),

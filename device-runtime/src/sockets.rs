@@ -6,9 +6,11 @@
 //!
 //! A socket stays bound for the runtime's life (a container restarted from its bundle
 //! finds the same inode at its mount point); the directory is emptied at start, when every
-//! stale container is removed too.
+//! stale container is removed too. Whether a socket's connections act as the manager is
+//! not kept here: the server reads it from the running revision's container of that name,
+//! so it follows what runs, not what was last prepared.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -21,9 +23,8 @@ pub type NewListener = (String, UnixListener);
 
 pub struct ContainerSockets {
     dir: PathBuf,
-    /// Container name → whether its state holds the manager role the device's policy
-    /// granted. Read per connection, so a new revision's roles apply at once.
-    bound: Mutex<HashMap<String, bool>>,
+    /// Names whose socket is bound.
+    bound: Mutex<HashSet<String>>,
     tx: mpsc::UnboundedSender<NewListener>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<NewListener>>>,
 }
@@ -34,7 +35,7 @@ impl ContainerSockets {
         let (tx, rx) = mpsc::unbounded_channel();
         ContainerSockets {
             dir,
-            bound: Mutex::new(HashMap::new()),
+            bound: Mutex::new(HashSet::new()),
             tx,
             rx: Mutex::new(Some(rx)),
         }
@@ -52,13 +53,11 @@ impl ContainerSockets {
         self.dir.join(format!("{name}.sock"))
     }
 
-    /// The socket of container `name`, bound now if it is not yet. `manager` is the role
-    /// its current state was granted.
-    pub fn ensure(&self, name: &str, manager: bool) -> std::io::Result<PathBuf> {
+    /// The socket of container `name`, bound now if it is not yet.
+    pub fn ensure(&self, name: &str) -> std::io::Result<PathBuf> {
         let path = self.path(name);
         let mut bound = self.bound.lock().map_err(|_| poisoned())?;
-        if let Some(m) = bound.get_mut(name) {
-            *m = manager;
+        if bound.contains(name) {
             return Ok(path);
         }
         std::fs::DirBuilder::new()
@@ -70,16 +69,8 @@ impl ContainerSockets {
         self.tx
             .send((name.to_owned(), listener))
             .map_err(|_| std::io::Error::other("the control socket server has stopped"))?;
-        bound.insert(name.to_owned(), manager);
+        bound.insert(name.to_owned());
         Ok(path)
-    }
-
-    /// Whether connections on `name`'s socket act as the manager.
-    pub fn is_manager(&self, name: &str) -> bool {
-        self.bound
-            .lock()
-            .map(|b| b.get(name).copied().unwrap_or(false))
-            .unwrap_or(false)
     }
 
     /// The stream of sockets to accept on; the one server takes it once.
@@ -107,16 +98,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_socket_is_bound_once_and_its_role_follows_the_latest_state() {
+    fn a_socket_is_bound_once_in_a_directory_only_root_reaches() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = ContainerSockets::new(dir.path().join("sockets"));
         let mut rx = s.take_listeners().expect("listeners");
-        let p = s.ensure("web", false).expect("bind");
+        let p = s.ensure("web").expect("bind");
         assert!(p.exists());
-        assert!(!s.is_manager("web"));
-        s.ensure("web", true).expect("again");
-        assert!(s.is_manager("web"));
-        assert!(!s.is_manager("other"));
+        assert_eq!(s.ensure("web").expect("again"), p);
         let (name, _) = rx.try_recv().expect("one listener");
         assert_eq!(name, "web");
         assert!(rx.try_recv().is_err(), "bound twice");

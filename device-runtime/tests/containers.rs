@@ -113,6 +113,54 @@ async fn a_container_the_policy_grants_the_manager_role_manages_the_device() {
 }
 
 #[tokio::test]
+async fn a_container_cannot_hold_more_than_its_share_of_connections() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let dev = Device::new(&[]);
+    let c = dev.client();
+    let image = busybox_image(&c, dev.dir.path()).await;
+    let app = container("app", &image, "exec sleep 1000");
+    let p = install_and_run(&c, "v1", state(vec![app], 20, 1)).await;
+    assert_eq!(p["status"], "DONE", "{p}\n{}", dev.log());
+    // Its socket, as the container reaches it (the host's root can too).
+    let sock = dev.storage().join("sockets/app.sock");
+    let ask = |s: &mut UnixStream| -> String {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(b"GET /buildinfo HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let limit = device_runtime::api::CONTAINER_CONNECTIONS;
+    let mut held: Vec<UnixStream> = (0..limit)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    let mut extra = UnixStream::connect(&sock).unwrap();
+    assert_eq!(
+        ask(&mut extra),
+        "",
+        "a connection past the limit was served"
+    );
+    assert!(ask(&mut held[0]).starts_with("HTTP/1.1 200"));
+    // The management socket is not affected.
+    c.get::<serde_json::Value>("/steps").await.unwrap();
+    // A freed slot serves again.
+    drop(held);
+    let t = std::time::Instant::now();
+    loop {
+        let mut again = UnixStream::connect(&sock).unwrap();
+        if ask(&mut again).starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "slots were not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn the_device_policy_refuses_what_it_does_not_allow_before_anything_is_stored() {
     let mut dev = Device::new(&[]);
     let c = dev.client();

@@ -194,7 +194,10 @@ pub async fn serve(listener: UnixListener, d: Arc<Daemon>, shutdown: impl Future
         tokio::select! {
             _ = &mut shutdown => return,
             conn = listener.accept() => {
-                let Ok((stream, _)) = conn else { continue };
+                let Ok((stream, _)) = conn else {
+                    accept_failed().await;
+                    continue;
+                };
                 let caller = identify(stream.peer_cred().ok(), d.cfg.manager_gid);
                 tokio::spawn(serve_connection(d.clone(), stream, caller));
             }
@@ -211,20 +214,53 @@ pub async fn serve(listener: UnixListener, d: Arc<Daemon>, shutdown: impl Future
     }
 }
 
-/// Every connection on a container's socket is that container (or the manager, if its
-/// state holds the role the device's policy granted).
+/// Every connection on a container's socket is that container, or the manager if the
+/// running revision's container of that name holds the role (which the device's policy
+/// allowed before it could run).
+///
+/// A container may hold at most [`CONTAINER_CONNECTIONS`] connections at once; more are
+/// closed as they come, so no container can use up the runtime's file descriptors.
 async fn serve_container(listener: UnixListener, d: Arc<Daemon>, name: String) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONTAINER_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            accept_failed().await;
             continue;
         };
-        let caller = if d.sockets.is_manager(&name) {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                container = name,
+                "too many connections to its socket; closing one"
+            );
+            continue;
+        };
+        let manager = d
+            .running
+            .lock()
+            .await
+            .specs
+            .get(&name)
+            .is_some_and(|p| p.container.roles.contains(&crate::state::Role::Manager));
+        let caller = if manager {
             Caller::Manager
         } else {
             Caller::Container(name.clone())
         };
-        tokio::spawn(serve_connection(d.clone(), stream, caller));
+        let d = d.clone();
+        tokio::spawn(async move {
+            serve_connection(d, stream, caller).await;
+            drop(slot);
+        });
     }
+}
+
+/// Connections one container may hold open on its socket.
+pub const CONTAINER_CONNECTIONS: usize = 16;
+
+/// An accept that fails (out of descriptors, say) fails again at once: wait a little
+/// rather than spin.
+async fn accept_failed() {
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }
 
 async fn serve_connection(d: Arc<Daemon>, stream: tokio::net::UnixStream, caller: Caller) {
