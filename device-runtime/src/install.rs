@@ -66,7 +66,9 @@ impl Daemon {
         }
         let state = State::parse(body)?;
         // Before anything is stored: a refused state leaves no trace but its answer.
-        self.cfg.policy.check(&state)?;
+        self.cfg
+            .policy
+            .check(&state, crate::policy::resolve_host_path)?;
         if self.store.has_revision(rev) {
             return if self.store.read_state(rev)? == body {
                 Ok(false)

@@ -6,7 +6,10 @@
 //! anything is stored or unpacked, `WONTGO` with reason `PolicyDenied` and a message that
 //! names the field. Without a file the policy is the safe default: no host paths, no
 //! setuid bits, no capabilities beyond the default set, no manager role, tmpfs of at
-//! most 64 MiB. [`Policy::check`] is pure.
+//! most 64 MiB. [`Policy::check`] is pure: the host's symlinks reach it through the
+//! resolver its caller passes ([`resolve_host_path`] on a device), so a symlink under an
+//! allowed directory (which a container with that directory mounted could plant) is judged
+//! by where it leads, and the bundle binds the resolved path.
 
 use std::path::Path;
 
@@ -102,13 +105,17 @@ impl Policy {
             }
             Err(e) => return Err(invalid(e.to_string())),
         };
-        let p: Policy = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let mut p: Policy = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
         let problems = p.validate();
-        if problems.is_empty() {
-            Ok(p)
-        } else {
-            Err(invalid(problems.join("; ")))
+        if !problems.is_empty() {
+            return Err(invalid(problems.join("; ")));
         }
+        // The owner's paths as the host resolves them (`/lib64` → `/usr/lib64`), since
+        // mount sources are compared resolved.
+        for h in &mut p.host_paths {
+            h.path = resolve_host_path(&h.path);
+        }
+        Ok(p)
     }
 
     fn validate(&self) -> Vec<String> {
@@ -130,32 +137,43 @@ impl Policy {
     }
 
     /// Pure: whether the device lets `state` run, naming the first field it refuses.
-    pub fn check(&self, state: &State) -> Result<(), PolicyDenied> {
+    /// `resolve` maps a mount source to the path the host would bind.
+    pub fn check(
+        &self,
+        state: &State,
+        resolve: impl Fn(&str) -> String,
+    ) -> Result<(), PolicyDenied> {
         for c in &state.containers {
-            self.check_container(c)?;
+            self.check_container(c, &resolve)?;
         }
         Ok(())
     }
 
-    fn check_container(&self, c: &Container) -> Result<(), PolicyDenied> {
+    fn check_container(
+        &self,
+        c: &Container,
+        resolve: &impl Fn(&str) -> String,
+    ) -> Result<(), PolicyDenied> {
         let at = |field: String, why: String| PolicyDenied {
             field: format!("containers[{}].{field}", c.name),
             why,
         };
         for (i, m) in c.mounts.iter().enumerate() {
+            let source = resolve(&m.source);
+            let shown = if source == m.source {
+                source.clone()
+            } else {
+                format!("{} (which leads to {source})", m.source)
+            };
             let allowed = self
                 .host_paths
                 .iter()
-                .find(|h| is_within(&m.source, &h.path) && (m.read_only || !h.read_only));
+                .find(|h| is_within(&source, &h.path) && (m.read_only || !h.read_only));
             if allowed.is_none() {
-                let why = if self
-                    .host_paths
-                    .iter()
-                    .any(|h| is_within(&m.source, &h.path))
-                {
-                    format!("{} may only be mounted read-only", m.source)
+                let why = if self.host_paths.iter().any(|h| is_within(&source, &h.path)) {
+                    format!("{shown} may only be mounted read-only")
                 } else {
-                    format!("host path {} is not allowed", m.source)
+                    format!("host path {shown} is not allowed")
                 };
                 return Err(at(format!("mounts[{i}].source"), why));
             }
@@ -199,6 +217,15 @@ impl Policy {
     }
 }
 
+/// Where the host would bind `path` from: every symlink followed. A path that does not
+/// exist (yet) is taken as written; runc refuses a missing source anyway.
+pub fn resolve_host_path(path: &str) -> String {
+    std::fs::canonicalize(path)
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_owned))
+        .unwrap_or_else(|| path.to_owned())
+}
+
 /// `path` is `root` or below it, component-wise (`/data2` is not within `/data`).
 fn is_within(path: &str, root: &str) -> bool {
     root == "/"
@@ -230,10 +257,14 @@ mod tests {
         serde_json::from_value(v).expect("policy")
     }
 
+    fn as_written(p: &str) -> String {
+        p.to_owned()
+    }
+
     #[test]
     fn the_default_refuses_host_paths_setuid_capabilities_and_the_manager_role() {
         let p = Policy::default();
-        assert_eq!(p.check(&state(json!({}))), Ok(()));
+        assert_eq!(p.check(&state(json!({})), as_written), Ok(()));
         for (extra, field) in [
             (
                 json!({"mounts": [{"source": "/", "destination": "/host"}]}),
@@ -247,7 +278,9 @@ mod tests {
                 "limits.tmpfsBytes",
             ),
         ] {
-            let e = p.check(&state(extra.clone())).expect_err("denied");
+            let e = p
+                .check(&state(extra.clone()), as_written)
+                .expect_err("denied");
             assert_eq!(e.field, format!("containers[web].{field}"), "{extra}");
         }
     }
@@ -269,23 +302,49 @@ mod tests {
             "roles": ["manager"],
             "limits": {"tmpfsBytes": 1u64 << 30}
         }));
-        assert_eq!(p.check(&ok), Ok(()));
+        assert_eq!(p.check(&ok, as_written), Ok(()));
         let rw = state(json!({"mounts": [{"source": "/var/log", "destination": "/l"}]}));
-        assert!(p.check(&rw).expect_err("rw").why.contains("read-only"));
+        assert!(
+            p.check(&rw, as_written)
+                .expect_err("rw")
+                .why
+                .contains("read-only")
+        );
         let sibling = state(json!({"mounts": [{"source": "/data2", "destination": "/d"}]}));
-        assert!(p.check(&sibling).is_err());
+        assert!(p.check(&sibling, as_written).is_err());
         let other_cap = state(json!({"capabilities": ["CAP_SYS_ADMIN"]}));
-        assert!(p.check(&other_cap).is_err());
+        assert!(p.check(&other_cap, as_written).is_err());
+    }
+
+    #[test]
+    fn a_symlink_under_an_allowed_path_is_judged_by_where_it_leads() {
+        let p = policy(json!({"hostPaths": [{"path": "/srv/data"}]}));
+        let planted = state(json!({"mounts": [{"source": "/srv/data/x", "destination": "/h"}]}));
+        assert_eq!(p.check(&planted, as_written), Ok(()));
+        let leads_to_root = |s: &str| {
+            if s == "/srv/data/x" {
+                "/".into()
+            } else {
+                s.into()
+            }
+        };
+        let e = p.check(&planted, leads_to_root).expect_err("escapes");
+        assert!(e.why.contains("which leads to /"), "{}", e.why);
     }
 
     #[test]
     fn host_network_can_be_forbidden() {
         let p = policy(json!({"hostNetwork": false}));
         assert_eq!(
-            p.check(&state(json!({}))).expect_err("host").field,
+            p.check(&state(json!({})), as_written)
+                .expect_err("host")
+                .field,
             "containers[web].network"
         );
-        assert_eq!(p.check(&state(json!({"network": "isolated"}))), Ok(()));
+        assert_eq!(
+            p.check(&state(json!({"network": "isolated"})), as_written),
+            Ok(())
+        );
     }
 
     #[test]

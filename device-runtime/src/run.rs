@@ -15,6 +15,7 @@ use crate::daemon::{Daemon, PreparedContainer, RunError};
 use crate::install::{InstallError, check_objects};
 use crate::layers::{UnpackOptions, unpack_image};
 use crate::lifecycle::{Progress, Status};
+use crate::policy::resolve_host_path;
 use crate::state::{State, parse_digest};
 use crate::store::{Pointer, remove_any};
 use crate::supervisor::{RunState, snapshot};
@@ -87,12 +88,20 @@ impl Daemon {
     }
 
     fn prepare_blocking(&self, rev: &str) -> Result<Vec<PreparedContainer>, RunError> {
-        let state = State::parse(&self.store.read_state(rev)?)?;
+        let mut state = State::parse(&self.store.read_state(rev)?)?;
         // Again at run time: the policy may have been tightened since the install.
         self.cfg
             .policy
-            .check(&state)
+            .check(&state, resolve_host_path)
             .map_err(|e| RunError::Other(e.to_string()))?;
+        // Bind what was judged: the resolved path, not a symlink that could be changed.
+        for m in state
+            .containers
+            .iter_mut()
+            .flat_map(|c| c.mounts.iter_mut())
+        {
+            m.source = resolve_host_path(&m.source);
+        }
         match check_objects(self, &state) {
             Ok(()) => {}
             Err(InstallError::Missing(m)) => return Err(RunError::Missing(m)),

@@ -161,6 +161,28 @@ async fn a_container_cannot_hold_more_than_its_share_of_connections() {
 }
 
 #[tokio::test]
+async fn a_symlink_planted_under_an_allowed_host_path_does_not_reach_beyond_it() {
+    let data = tempfile::tempdir_in("/tmp").unwrap();
+    // What a container with the data directory mounted read-write could leave there.
+    std::os::unix::fs::symlink("/", data.path().join("x")).unwrap();
+    let policy = json!({"hostPaths": [{"path": data.path()}]}).to_string();
+    let dev = Device::with_policy(&[], Some(&policy));
+    let c = dev.client();
+    let image = busybox_image(&c, dev.dir.path()).await;
+    let mut app = container("app", &image, "exec sleep 1000");
+    app["mounts"] = json!([{"source": data.path().join("x"), "destination": "/host"}]);
+    let e = c
+        .put_step("v1", state(vec![app.clone()], 20, 1))
+        .await
+        .expect_err("refused");
+    assert!(e.to_string().contains("which leads to /"), "{e}");
+    // The directory itself is allowed.
+    app["mounts"] = json!([{"source": data.path(), "destination": "/data"}]);
+    let p = install_and_run(&c, "v2", state(vec![app], 20, 1)).await;
+    assert_eq!(p["status"], "DONE", "{p}\n{}", dev.log());
+}
+
+#[tokio::test]
 async fn the_device_policy_refuses_what_it_does_not_allow_before_anything_is_stored() {
     let mut dev = Device::new(&[]);
     let c = dev.client();
