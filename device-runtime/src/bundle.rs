@@ -206,12 +206,37 @@ fn seccomp(caps: &[&str]) -> Value {
         "riscv64" => &["SCMP_ARCH_RISCV64"],
         _ => &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
     };
+    let mut syscalls = vec![json!({"names": denied, "action": "SCMP_ACT_ERRNO", "errnoRet": 1})];
+    // `unshare` and `setns` alone would leave `clone` with namespace flags open (a user
+    // namespace needs no capability): refuse each such flag, and `clone3`, whose flags
+    // live in memory a filter cannot read, with ENOSYS so that libc falls back to `clone`.
+    if !caps.contains(&"CAP_SYS_ADMIN") {
+        for flag in CLONE_NAMESPACE_FLAGS {
+            syscalls.push(json!({
+                "names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+                "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]
+            }));
+        }
+        syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}));
+    }
     json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "architectures": architectures,
-        "syscalls": [{"names": denied, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        "syscalls": syscalls
     })
 }
+
+/// CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID,
+/// CLONE_NEWNET.
+const CLONE_NAMESPACE_FLAGS: [u64; 7] = [
+    0x0002_0000,
+    0x0200_0000,
+    0x0400_0000,
+    0x0800_0000,
+    0x1000_0000,
+    0x2000_0000,
+    0x4000_0000,
+];
 
 pub fn build_config(
     c: &Container,
@@ -427,6 +452,12 @@ mod tests {
         assert!(!caps.contains(&json!("CAP_SYS_ADMIN")));
         let denied = v["linux"]["seccomp"]["syscalls"][0]["names"].to_string();
         assert!(denied.contains("\"mount\"") && denied.contains("open_by_handle_at"));
+        let rules = v["linux"]["seccomp"]["syscalls"].as_array().unwrap();
+        let clone_user = rules.iter().any(|r| {
+            r["names"] == json!(["clone"]) && r["args"][0]["value"] == json!(0x1000_0000u64)
+        });
+        assert!(clone_user, "clone(CLONE_NEWUSER) is allowed");
+        assert!(rules.iter().any(|r| r["names"] == json!(["clone3"])));
         let tmp = v["mounts"]
             .as_array()
             .unwrap()
@@ -449,6 +480,7 @@ mod tests {
         assert!(caps.contains(&json!("CAP_SYS_ADMIN")));
         let denied = v["linux"]["seccomp"]["syscalls"][0]["names"].to_string();
         assert!(!denied.contains("\"mount\"") && denied.contains("keyctl"));
+        assert!(!v["linux"]["seccomp"].to_string().contains("clone"));
         assert!(v["mounts"].to_string().contains("size=1048576"));
     }
 
