@@ -160,8 +160,6 @@ pub fn reason_code(status: Status, why: &str) -> &'static str {
     let has = |s: &str| w.contains(s);
     if has("denied by the device's policy") {
         "PolicyDenied"
-    } else if has("signature") {
-        "SignatureInvalid"
     } else if has("could not start") {
         "ContainerFailedToStart"
     } else if has("exited") {
@@ -347,11 +345,6 @@ mod tests {
                 Status::Wontgo,
                 "WONTGO: denied by the device's policy: containers[a].allowSetuid: no",
                 "PolicyDenied",
-            ),
-            (
-                Status::Wontgo,
-                "the state's signature does not verify with the device's key",
-                "SignatureInvalid",
             ),
             (Status::Wontgo, "something new", "Refused"),
             (Status::Error, "something new", "UpdateFailed"),
