@@ -154,28 +154,51 @@ pub fn install_crypto_provider() {
 /// lasts; a longer silence is a dead connection. The gateway's connection is kept for the
 /// next long-poll; a registry's only while an update downloads: an idle connection keeps
 /// its buffers (grown to a blob's chunks) and its TLS state in the device's memory.
-fn client_builder(read_timeout: Duration, keep_idle: Duration) -> reqwest::ClientBuilder {
+/// Redirects are followed only to https, or to a host listed in `insecure` (a registry's
+/// storage may redirect elsewhere; a downgrade to cleartext is refused like any plain-http
+/// URL).
+fn client_builder(
+    read_timeout: Duration,
+    keep_idle: Duration,
+    insecure: &[String],
+) -> reqwest::ClientBuilder {
+    let insecure = insecure.to_vec();
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        let url = attempt.url();
+        let host = registry::url_host(url);
+        if url.scheme() != "https" && !insecure.contains(&host) {
+            let e = format!("refused a redirect to plain http ({host}); see --insecure-registry");
+            attempt.error(e)
+        } else if attempt.previous().len() >= 10 {
+            attempt.error("more than 10 redirects")
+        } else {
+            attempt.follow()
+        }
+    });
     reqwest::Client::builder()
         .user_agent(concat!("edgevisor-agent/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(read_timeout)
         .tcp_keepalive(Duration::from_secs(30))
         .pool_idle_timeout(keep_idle)
+        .redirect(redirects)
 }
 
 const GATEWAY_IDLE: Duration = Duration::from_secs(90);
 const REGISTRY_IDLE: Duration = Duration::from_secs(5);
 
 /// The clients for the gateway (only the CA of `ca_pem` trusted, when given) and for
-/// registries (that CA and the system roots).
+/// registries (that CA and the system roots). `insecure`: hosts a redirect may lead to over
+/// plain http (`--insecure-registry`).
 pub fn http_clients(
     ca_pem: Option<&[u8]>,
     read_timeout: Duration,
+    insecure: &[String],
 ) -> Result<(reqwest::Client, reqwest::Client)> {
     install_crypto_provider();
     let Some(pem) = ca_pem else {
         let build = |idle| {
-            client_builder(read_timeout, idle)
+            client_builder(read_timeout, idle, insecure)
                 .build()
                 .map_err(|source| Error::Http {
                     what: "HTTPS client with the system's CA roots",
@@ -191,14 +214,14 @@ pub fn http_clients(
     if certs.is_empty() {
         return Err(Error::Config("no certificate in the CA PEM".into()));
     }
-    let gateway = client_builder(read_timeout, GATEWAY_IDLE)
+    let gateway = client_builder(read_timeout, GATEWAY_IDLE, insecure)
         .tls_certs_only(certs.clone())
         .build()
         .map_err(|source| Error::Http {
             what: "gateway HTTPS client",
             source,
         })?;
-    let registry = match client_builder(read_timeout, REGISTRY_IDLE)
+    let registry = match client_builder(read_timeout, REGISTRY_IDLE, insecure)
         .tls_certs_merge(certs.clone())
         .build()
     {
@@ -208,7 +231,7 @@ pub fn http_clients(
             tracing::warn!(
                 "system CA roots unavailable ({e}); registries must use the --ca-cert CA"
             );
-            client_builder(read_timeout, REGISTRY_IDLE)
+            client_builder(read_timeout, REGISTRY_IDLE, insecure)
                 .tls_certs_only(certs)
                 .build()
                 .map_err(|source| Error::Http {
@@ -481,6 +504,7 @@ async fn setup(args: &AgentArgs, wait: Duration) -> Result<(Arc<Ctx>, Gateway, C
     let (gateway_http, registry_http) = http_clients(
         ca.as_deref(),
         (wait + Duration::from_secs(30)).max(Duration::from_secs(60)),
+        &args.insecure_registries,
     )?;
     let gw = Gateway::new(gateway_http.clone(), &args.gateway, args.insecure_gateway)
         .map_err(Error::Config)?;

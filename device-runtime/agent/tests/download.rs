@@ -33,6 +33,9 @@ enum Mode {
     CutThenIgnoreRange,
     /// Serve other bytes of the right size.
     Corrupt,
+    /// Redirect to `/plain/<hex>` on the registry of this port, as a registry redirects
+    /// to its storage.
+    RedirectTo(u16),
 }
 
 struct Blob {
@@ -109,6 +112,13 @@ async fn serve(
         range: header("range"),
         auth: header("authorization"),
     });
+    if let Some(hex) = path.strip_prefix("/plain/") {
+        // Storage behind a redirect: the URL is the credential.
+        return Ok(match reg.blobs.get(hex) {
+            Some(b) => resp(StatusCode::OK, full(b.data.clone())),
+            None => resp(StatusCode::NOT_FOUND, full("blob unknown")),
+        });
+    }
     if path == "/token" {
         let q = req.uri().query().unwrap_or_default();
         assert!(q.contains("service=test-registry"), "{q}");
@@ -150,6 +160,16 @@ async fn serve(
         r
     };
     Ok(match blob.mode {
+        Mode::RedirectTo(to) => {
+            let mut r = resp(StatusCode::TEMPORARY_REDIRECT, full(""));
+            r.headers_mut().insert(
+                "location",
+                format!("http://127.0.0.1:{to}/plain/{hex}")
+                    .parse()
+                    .unwrap(),
+            );
+            r
+        }
         Mode::Corrupt => {
             let mut bad = blob.data.clone();
             bad[0] ^= 0xff;
@@ -263,6 +283,42 @@ async fn a_plain_http_registry_is_refused_unless_listed_as_insecure() {
         .unwrap_err();
     assert!(!e.retry && e.msg.contains("plain http"), "{}", e.msg);
     assert!(reg.gets.lock().unwrap().is_empty(), "a request was sent");
+}
+
+#[tokio::test]
+async fn a_redirect_to_plain_http_is_refused_unless_its_host_is_listed() {
+    let data = blob(10, 1000);
+    let (storage, to) = registry_with(&[(&data, Mode::CutThenResume)]).await;
+    let (_, from) = registry_with(&[(&data, Mode::RedirectTo(to))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The agent's own clients, which carry its redirect rule.
+    let with = |insecure: Vec<String>| {
+        let (gateway_http, registry_http) =
+            agent::http_clients(None, Duration::from_secs(10), &insecure).unwrap();
+        Downloader::new(DownloaderConfig {
+            registry_http,
+            gateway_http,
+            registry_auth: HashMap::new(),
+            insecure_registries: insecure,
+            spool_dir: dir.path().to_owned(),
+            max_attempts: 2,
+            base_delay: Duration::from_millis(10),
+        })
+    };
+    let progress = AtomicU64::new(0);
+    let d = with(vec![format!("127.0.0.1:{from}")]);
+    let e = d
+        .download(&fetch(from, &data), &progress)
+        .await
+        .unwrap_err();
+    assert!(
+        storage.seen.lock().unwrap().is_empty(),
+        "the redirect was followed: {}",
+        e.msg
+    );
+    let d = with(vec![format!("127.0.0.1:{from}"), format!("127.0.0.1:{to}")]);
+    let path = d.download(&fetch(from, &data), &progress).await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), data);
 }
 
 #[tokio::test]
