@@ -149,6 +149,26 @@ impl Policy {
         Ok(())
     }
 
+    /// Pure: `state` as this device runs it, or the first field refused: checked, mount
+    /// sources resolved (what was judged is what gets bound), and the tmpfs size the state
+    /// left open set to the default or the policy's largest, whichever is smaller.
+    pub fn admit(
+        &self,
+        mut state: State,
+        resolve: impl Fn(&str) -> String,
+    ) -> Result<State, PolicyDenied> {
+        self.check(&state, &resolve)?;
+        for c in &mut state.containers {
+            for m in &mut c.mounts {
+                m.source = resolve(&m.source);
+            }
+            c.limits
+                .tmpfs_bytes
+                .get_or_insert(DEFAULT_TMPFS_BYTES.min(self.max_tmpfs_bytes));
+        }
+        Ok(state)
+    }
+
     fn check_container(
         &self,
         c: &Container,
@@ -203,8 +223,10 @@ impl Policy {
                 "the manager role is not allowed for this container".into(),
             ));
         }
-        let tmpfs = c.limits.tmpfs_bytes.unwrap_or(DEFAULT_TMPFS_BYTES);
-        if tmpfs > self.max_tmpfs_bytes {
+        // Only a size the state asks for: one it leaves open is the device's to choose.
+        if let Some(tmpfs) = c.limits.tmpfs_bytes
+            && tmpfs > self.max_tmpfs_bytes
+        {
             return Err(at(
                 "limits.tmpfsBytes".into(),
                 format!(
@@ -330,6 +352,25 @@ mod tests {
         };
         let e = p.check(&planted, leads_to_root).expect_err("escapes");
         assert!(e.why.contains("which leads to /"), "{}", e.why);
+    }
+
+    #[test]
+    fn a_state_is_admitted_with_its_mounts_resolved_and_its_tmpfs_size_chosen() {
+        let p = policy(json!({"hostPaths": [{"path": "/srv"}], "maxTmpfsBytes": 1 << 20}));
+        let s = state(json!({"mounts": [{"source": "/data", "destination": "/d"}]}));
+        let to_srv = |s: &str| {
+            if s == "/data" {
+                "/srv/data".into()
+            } else {
+                s.into()
+            }
+        };
+        let admitted = p.admit(s, to_srv).expect("admitted");
+        let c = &admitted.containers[0];
+        assert_eq!(c.mounts[0].source, "/srv/data");
+        assert_eq!(c.limits.tmpfs_bytes, Some(1 << 20));
+        let asked = state(json!({"limits": {"tmpfsBytes": 2u64 << 20}}));
+        assert!(p.admit(asked, as_written).is_err());
     }
 
     #[test]

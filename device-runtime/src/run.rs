@@ -88,20 +88,16 @@ impl Daemon {
     }
 
     fn prepare_blocking(&self, rev: &str) -> Result<Vec<PreparedContainer>, RunError> {
-        let mut state = State::parse(&self.store.read_state(rev)?)?;
-        // Again at run time: the policy may have been tightened since the install.
-        self.cfg
+        // Again at run time (the policy may have been tightened since the install), and
+        // what runs is the state as the policy admits it.
+        let state = self
+            .cfg
             .policy
-            .check(&state, resolve_host_path)
+            .admit(
+                State::parse(&self.store.read_state(rev)?)?,
+                resolve_host_path,
+            )
             .map_err(|e| RunError::Other(e.to_string()))?;
-        // Bind what was judged: the resolved path, not a symlink that could be changed.
-        for m in state
-            .containers
-            .iter_mut()
-            .flat_map(|c| c.mounts.iter_mut())
-        {
-            m.source = resolve_host_path(&m.source);
-        }
         match check_objects(self, &state) {
             Ok(()) => {}
             Err(InstallError::Missing(m)) => return Err(RunError::Missing(m)),

@@ -183,6 +183,19 @@ async fn a_symlink_planted_under_an_allowed_host_path_does_not_reach_beyond_it()
 }
 
 #[tokio::test]
+async fn a_state_that_leaves_tmpfs_open_runs_under_a_smaller_policy_limit() {
+    let dev = Device::with_policy(&[], Some(r#"{"maxTmpfsBytes": 8388608}"#));
+    let c = dev.client();
+    let image = busybox_image(&c, dev.dir.path()).await;
+    let app = container("app", &image, "exec sleep 1000");
+    let p = install_and_run(&c, "v1", state(vec![app], 20, 1)).await;
+    assert_eq!(p["status"], "DONE", "{p}\n{}", dev.log());
+    let bundle = dev.storage().join("bundles/v1/app/config.json");
+    let config = std::fs::read_to_string(bundle).unwrap();
+    assert!(config.contains("size=8388608"), "{config}");
+}
+
+#[tokio::test]
 async fn the_device_policy_refuses_what_it_does_not_allow_before_anything_is_stored() {
     let mut dev = Device::new(&[]);
     let c = dev.client();
