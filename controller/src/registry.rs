@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use edgevisor_crds::Architecture;
 use edgevisor_protocol::registry_auth::{
-    Challenge, normalize_host, parse_challenge, token_from_answer,
+    Challenge, MAX_TOKEN_ANSWER_BYTES, check_transport, normalize_host, parse_challenge,
+    token_from_answer,
 };
 pub use edgevisor_protocol::registry_auth::{Credentials, parse_docker_config};
 use serde::Deserialize;
@@ -470,6 +471,17 @@ impl Registry {
                 });
             }
         };
+        // Any host may issue tokens (public registries do), but credentials and tokens
+        // travel over TLS only, as the agent's do.
+        if let Err(host) = check_transport(&realm, &self.insecure) {
+            return Err(RegistryError::Invalid {
+                image: image.into(),
+                what: format!(
+                    "the token service {realm} is plain http: refused (credentials and tokens \
+                     go over TLS only; --insecure-registry {host} allows it, for tests)"
+                ),
+            });
+        }
         let mut request = self.http.get(&realm).query(&query);
         if let Some(value) = basic {
             request = request.header(reqwest::header::AUTHORIZATION, value);
@@ -479,7 +491,7 @@ impl Registry {
             url: realm.clone(),
             source,
         };
-        let response = request.send().await.map_err(http_err)?;
+        let mut response = request.send().await.map_err(http_err)?;
         if !response.status().is_success() {
             return Err(RegistryError::Status {
                 image: image.into(),
@@ -488,7 +500,16 @@ impl Registry {
                 body: "token request refused".into(),
             });
         }
-        let body = response.bytes().await.map_err(http_err)?;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(http_err)? {
+            if body.len() + chunk.len() > MAX_TOKEN_ANSWER_BYTES {
+                return Err(RegistryError::Invalid {
+                    image: image.into(),
+                    what: format!("the token answer of {realm} is larger than 64 KiB"),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
         let token = token_from_answer(&body).ok_or_else(|| RegistryError::Invalid {
             image: image.into(),
             what: "token response without token".into(),

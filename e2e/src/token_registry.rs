@@ -100,6 +100,15 @@ fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
 }
 
 impl TokenRegistry {
+    /// `127.0.0.1:port` of the token service: plain http, so a client must list it as
+    /// insecure as it does the registry.
+    pub fn token_host(&self) -> String {
+        self.realm
+            .trim_start_matches("http://")
+            .trim_end_matches("/token")
+            .to_owned()
+    }
+
     /// Starts both; `users` are the `(user, password)` pairs the token service accepts.
     /// Anonymous token requests are refused, so nothing is readable without credentials.
     pub async fn start(users: &[(&str, &str)]) -> anyhow::Result<TokenRegistry> {

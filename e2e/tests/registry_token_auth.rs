@@ -46,7 +46,22 @@ async fn the_controller_resolves_through_token_auth_with_one_token() {
     );
     let image = format!("{}/team/app:v1", tr.host);
 
-    let anonymous = ControllerRegistry::new(vec![tr.host.clone()], HashMap::new()).unwrap();
+    // The test's token service speaks plain http, like its registry: both are listed.
+    let insecure = vec![tr.host.clone(), tr.token_host()];
+    // Listing only the registry is not enough: credentials never go to a cleartext realm.
+    let registry_only = ControllerRegistry::new(
+        vec![tr.host.clone()],
+        docker_config(&tr.host, USER, PASSWORD),
+    )
+    .unwrap();
+    let before = tr.token_requests();
+    match registry_only.resolve(&image).await {
+        Err(RegistryError::Invalid { what, .. }) => assert!(what.contains("plain http"), "{what}"),
+        other => panic!("a cleartext realm must be refused, got {other:?}"),
+    }
+    assert_eq!(tr.token_requests(), before, "the token service was asked");
+
+    let anonymous = ControllerRegistry::new(insecure.clone(), HashMap::new()).unwrap();
     match anonymous.resolve(&image).await {
         Err(RegistryError::Status { status, body, .. }) => {
             assert_eq!(status, 401, "{body}");
@@ -54,19 +69,13 @@ async fn the_controller_resolves_through_token_auth_with_one_token() {
         }
         other => panic!("anonymous resolution must fail, got {other:?}"),
     }
-    let wrong = ControllerRegistry::new(
-        vec![tr.host.clone()],
-        docker_config(&tr.host, USER, "wrong"),
-    )
-    .unwrap();
+    let wrong =
+        ControllerRegistry::new(insecure.clone(), docker_config(&tr.host, USER, "wrong")).unwrap();
     assert!(wrong.resolve(&image).await.is_err(), "wrong password");
 
     let before = tr.token_requests();
-    let registry = ControllerRegistry::new(
-        vec![tr.host.clone()],
-        docker_config(&tr.host, USER, PASSWORD),
-    )
-    .unwrap();
+    let registry =
+        ControllerRegistry::new(insecure.clone(), docker_config(&tr.host, USER, PASSWORD)).unwrap();
     let platforms = registry
         .resolve(&image)
         .await
@@ -113,18 +122,13 @@ async fn the_agent_downloads_through_token_auth_and_reuses_its_token() {
         });
     }
     let spool = tempfile::tempdir().unwrap();
-    let token_host = tr
-        .realm
-        .trim_start_matches("http://")
-        .trim_end_matches("/token")
-        .to_owned();
     let downloader = |auth: HashMap<String, Credentials>| {
         Downloader::new(DownloaderConfig {
             registry_http: reqwest::Client::new(),
             gateway_http: reqwest::Client::new(),
             registry_auth: auth,
             // The test registry and its token service speak plain http.
-            insecure_registries: vec![tr.host.clone(), token_host.clone()],
+            insecure_registries: vec![tr.host.clone(), tr.token_host()],
             spool_dir: spool.path().join("downloads"),
             max_attempts: 2,
             base_delay: Duration::from_millis(50),

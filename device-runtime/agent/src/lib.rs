@@ -35,7 +35,7 @@ use crate::schedule::{Action, Ended, Schedule};
 use crate::update::{Ctx, Gate, Outcome, handle_target};
 use device_runtime::client::Client;
 use edgevisor_protocol::gateway::{EnrollRequest, MAX_WAIT_SECONDS, Target};
-use edgevisor_protocol::registry_auth::parse_docker_config;
+use edgevisor_protocol::registry_auth::{check_transport, parse_docker_config};
 
 /// The edgevisor agent: connects this device to an edgevisor gateway. It enrolls once
 /// (with a bootstrap token), then long-polls the device's target revision, downloads
@@ -164,9 +164,7 @@ fn client_builder(
 ) -> reqwest::ClientBuilder {
     let insecure = insecure.to_vec();
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-        let url = attempt.url();
-        let host = registry::url_host(url);
-        if url.scheme() != "https" && !insecure.contains(&host) {
+        if let Err(host) = check_transport(attempt.url().as_str(), &insecure) {
             let e = format!("refused a redirect to plain http ({host}); see --insecure-registry");
             attempt.error(e)
         } else if attempt.previous().len() >= 10 {

@@ -26,7 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use edgevisor_protocol::registry_auth::{
-    Challenge, Credentials, parse_challenge, token_from_answer,
+    Challenge, Credentials, MAX_TOKEN_ANSWER_BYTES, check_transport, parse_challenge,
+    token_from_answer,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, RANGE, WWW_AUTHENTICATE};
 use reqwest::{StatusCode, Url};
@@ -34,9 +35,6 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::backoff::Backoff;
-
-/// Token answers are small; a larger one is refused rather than buffered.
-const MAX_TOKEN_BODY: usize = 64 << 10;
 
 /// Where one object comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -421,17 +419,15 @@ impl Downloader {
 
     /// Refuses a plain-http URL whose host is not listed as insecure.
     fn check_tls(&self, hex: &str, url: &Url, what: &str) -> Result<(), DownloadError> {
-        let host = url_host(url);
-        if url.scheme() == "https" || self.cfg.insecure_registries.contains(&host) {
-            return Ok(());
-        }
-        Err(fail(
-            hex,
-            format!(
-                "the {what} {host} is plain http: refused (credentials and tokens go over \
-                 TLS only; --insecure-registry {host} allows it, for tests and labs)"
-            ),
-        ))
+        check_transport(url.as_str(), &self.cfg.insecure_registries).map_err(|host| {
+            fail(
+                hex,
+                format!(
+                    "the {what} {host} is plain http: refused (credentials and tokens go over \
+                     TLS only; --insecure-registry {host} allows it, for tests and labs)"
+                ),
+            )
+        })
     }
 
     /// The `Authorization` value a challenge asks for.
@@ -492,7 +488,9 @@ impl Downloader {
         let mut body = Vec::new();
         loop {
             match resp.chunk().await {
-                Ok(Some(c)) if body.len() + c.len() <= MAX_TOKEN_BODY => body.extend_from_slice(&c),
+                Ok(Some(c)) if body.len() + c.len() <= MAX_TOKEN_ANSWER_BYTES => {
+                    body.extend_from_slice(&c)
+                }
                 Ok(Some(_)) => return Err(fail(hex, "token answer larger than 64 KiB")),
                 Ok(None) => break,
                 Err(e) => return Err(retry(hex, format!("token answer: {e:#}"))),

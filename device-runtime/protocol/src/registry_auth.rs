@@ -204,6 +204,29 @@ pub struct Token {
     pub expires_in: u64,
 }
 
+/// The most a token answer may hold; a larger one is refused, not buffered.
+pub const MAX_TOKEN_ANSWER_BYTES: usize = 64 << 10;
+
+/// The rule for every URL a registry client sends requests, credentials or tokens to:
+/// https, or plain http to a host (`host[:port]`) listed as insecure (tests, labs). `Err`
+/// names the host refused.
+pub fn check_transport(url: &str, insecure: &[String]) -> Result<(), String> {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        return Ok(());
+    }
+    let plain = lower.strip_prefix("http://");
+    let rest = plain.unwrap_or(&lower);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = host.strip_suffix(":80").unwrap_or(host);
+    if plain.is_some() && insecure.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        Ok(())
+    } else {
+        Err(host.to_owned())
+    }
+}
+
 pub fn token_from_answer(body: &[u8]) -> Option<Token> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let token = ["token", "access_token"]
@@ -218,6 +241,29 @@ pub fn token_from_answer(body: &[u8]) -> Option<Token> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_https_or_a_listed_plain_http_host_is_spoken_to() {
+        let listed = vec!["127.0.0.1:5000".to_string(), "lab.local".to_string()];
+        assert_eq!(check_transport("https://auth.example/token", &[]), Ok(()));
+        assert_eq!(
+            check_transport("http://127.0.0.1:5000/v2/", &listed),
+            Ok(())
+        );
+        assert_eq!(
+            check_transport("HTTP://user@Lab.Local:80/token?x", &listed),
+            Ok(())
+        );
+        assert_eq!(
+            check_transport("http://127.0.0.1:5001/token", &listed),
+            Err("127.0.0.1:5001".into())
+        );
+        assert_eq!(
+            check_transport("http://evil.example/x", &[]),
+            Err("evil.example".into())
+        );
+        assert!(check_transport("ftp://127.0.0.1:5000/", &listed).is_err());
+    }
 
     #[test]
     fn bearer_challenges_are_parsed_with_quotes_commas_and_escapes() {
