@@ -99,8 +99,18 @@ fn connection(sock: &str, variant: &str) -> std::io::Result<UnixStream> {
             return Err(std::io::Error::other("the child could not connect"));
         }
     } else {
-        // Connected once the child has exec'd: give it the moment to get there.
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        // The child connects, then execs: wait (bounded) until the socket has its peer
+        // and the pid runs the other program.
+        let comm = format!("/proc/{}/comm", child.id());
+        let t = std::time::Instant::now();
+        while rustix::net::getpeername(&fd).is_err()
+            || std::fs::read_to_string(&comm).map_or(true, |c| c.trim() != "sleep")
+        {
+            if t.elapsed() > std::time::Duration::from_secs(5) {
+                return Err(std::io::Error::other("the child did not connect and exec"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
     let stream = UnixStream::from(fd);
     if then == "exec" {
