@@ -403,7 +403,11 @@ impl Registry {
                 continue;
             }
             if !status.is_success() {
-                let body = response.text().await.unwrap_or_default();
+                // An error page is read for the user's message, never whole.
+                let body = read_capped(&mut response, 64 << 10, image, url)
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_else(|_| "(a larger answer)".into());
                 return Err(RegistryError::Status {
                     image: image.into(),
                     url: url.into(),
@@ -411,26 +415,7 @@ impl Registry {
                     body: body.chars().take(300).collect(),
                 });
             }
-            if response
-                .content_length()
-                .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
-            {
-                return Err(RegistryError::Invalid {
-                    image: image.into(),
-                    what: format!("{url} is larger than 4 MiB"),
-                });
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(http_err)? {
-                if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                    return Err(RegistryError::Invalid {
-                        image: image.into(),
-                        what: format!("{url} is larger than 4 MiB"),
-                    });
-                }
-                body.extend_from_slice(&chunk);
-            }
-            return Ok(body);
+            return read_capped(&mut response, MAX_DOCUMENT_BYTES, image, url).await;
         }
         Err(RegistryError::Status {
             image: image.into(),
@@ -500,16 +485,7 @@ impl Registry {
                 body: "token request refused".into(),
             });
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(http_err)? {
-            if body.len() + chunk.len() > MAX_TOKEN_ANSWER_BYTES {
-                return Err(RegistryError::Invalid {
-                    image: image.into(),
-                    what: format!("the token answer of {realm} is larger than 64 KiB"),
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_capped(&mut response, MAX_TOKEN_ANSWER_BYTES, image, &realm).await?;
         let token = token_from_answer(&body).ok_or_else(|| RegistryError::Invalid {
             image: image.into(),
             what: "token response without token".into(),
@@ -522,6 +498,38 @@ impl Registry {
         }
         Ok(value)
     }
+}
+
+/// A response body of at most `max` bytes; a larger one is refused rather than buffered.
+async fn read_capped(
+    response: &mut reqwest::Response,
+    max: usize,
+    image: &str,
+    url: &str,
+) -> Result<Vec<u8>, RegistryError> {
+    let too_large = || RegistryError::Invalid {
+        image: image.into(),
+        what: format!("{url} answered more than {} KiB", max >> 10),
+    };
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|source| RegistryError::Http {
+            image: image.into(),
+            url: url.into(),
+            source,
+        })?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(image: &str, body: &[u8]) -> Result<T, RegistryError> {
