@@ -61,6 +61,14 @@ pub struct GatewayArgs {
     /// A registry (`host:port`) devices reach over plain HTTP; repeat for several.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// Most open device connections of this replica (TLS handshakes included); past it new
+    /// connections are closed at once.
+    #[arg(long, default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+    /// Seconds a client has for its TLS handshake, for a request's headers, and for a request's
+    /// body, each.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub client_timeout_seconds: u64,
 }
 
 #[derive(Parser)]

@@ -23,6 +23,8 @@ pub const TOKEN_SECRETS: &[&str] = &[
     "e2e-token-gateway-api",
     "e2e-token-story",
     "e2e-token-bench",
+    "e2e-token-races",
+    "e2e-token-hostile",
 ];
 
 /// Installs (or upgrades) the chart with its default values (and the test token Secrets),

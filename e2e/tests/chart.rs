@@ -347,7 +347,15 @@ fn chart_installs_with_least_privilege_and_uninstall_keeps_crds_and_objects() {
             false,
         ),
         (&release.gateway, ns, "get", "secrets/unrelated", false),
+        (&release.gateway, ns, "patch", "secrets/unrelated", false),
         (&release.gateway, ns, "list", "secrets", false),
+        (
+            &release.gateway,
+            ns,
+            "patch",
+            "secrets/edgevisor-bootstrap-token",
+            true,
+        ),
         (
             &release.gateway,
             other,

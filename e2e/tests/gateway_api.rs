@@ -155,13 +155,14 @@ async fn the_device_api_admits_serves_and_refuses_as_it_must() {
         "a refused enrollment left a Device behind"
     );
 
-    // An operator may create a Device first: enrollment adopts it.
+    // An operator may create a Device first and let the token adopt it.
     devices
         .create(
             &PostParams::default(),
             &serde_json::from_value(json!({
                 "apiVersion": "edgevisor.dev/v1alpha1", "kind": "Device",
-                "metadata": {"name": "pre", "labels": {"made-by": "operator"}}, "spec": {}
+                "metadata": {"name": "pre", "labels": {"made-by": "operator"},
+                    "annotations": {"edgevisor.dev/enroll-with": &token.secret}}, "spec": {}
             }))
             .unwrap(),
         )

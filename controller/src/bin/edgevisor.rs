@@ -16,6 +16,7 @@ async fn main() -> anyhow::Result<()> {
     // reqwest is built without a crypto provider of its own: use the one kube uses.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let command = Cli::parse().command;
+    raise_open_files_limit();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
@@ -37,8 +38,14 @@ async fn main() -> anyhow::Result<()> {
                 },
                 liveness: Duration::from_secs(a.liveness_interval_seconds),
                 coalesce: Duration::from_millis(a.status_coalesce_ms),
+                limits: gateway::http::Limits {
+                    max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
+                    handshake: Duration::from_secs(a.client_timeout_seconds),
+                    headers: Duration::from_secs(a.client_timeout_seconds),
+                    body: Duration::from_secs(a.client_timeout_seconds),
+                },
             };
-            let tls = gateway::http::tls_config(&a.tls_cert, &a.tls_key)?;
+            let tls = gateway::tls::ReloadingCert::open(&a.tls_cert, &a.tls_key)?;
             gateway::run(
                 client,
                 config,
@@ -52,6 +59,19 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Each device connection is a file descriptor: a gateway replica holds tens of thousands, more
+/// than the usual soft limit of 1024. Raised to the hard limit the runtime allows (as Go does).
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(%error, "could not raise the open files limit");
+        }
+    }
 }
 
 async fn shutdown_signal() {

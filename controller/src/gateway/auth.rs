@@ -15,6 +15,11 @@ use sha2::{Digest, Sha256};
 /// The Secret type of bootstrap tokens.
 pub const BOOTSTRAP_TOKEN_TYPE: &str = "edgevisor.dev/bootstrap-token";
 const CREDENTIAL_PREFIX: &str = "evd1_";
+/// The annotation on a token Secret counting the Devices it enrolled: `<count>/<tag>`, where
+/// the tag is the start of the token's hash, so a new token value in the same Secret starts
+/// from zero. Written with the Secret's resourceVersion as a precondition, so the count is
+/// exact across gateway replicas.
+pub const USAGE_ANNOTATION: &str = "edgevisor.dev/enrollments";
 
 /// A parsed bootstrap token Secret.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +32,10 @@ pub struct BootstrapToken {
     pub device_namespace: String,
     /// Labels every Device it enrolls gets.
     pub labels: BTreeMap<String, String>,
+    /// Devices enrolled with this token value so far ([`USAGE_ANNOTATION`]).
+    pub used: usize,
+    /// The Secret's resourceVersion, the precondition of a usage write.
+    pub resource_version: Option<String>,
 }
 
 /// Why a presented bootstrap token does not admit a device.
@@ -46,6 +55,10 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha256(bytes))
+}
+
+fn usage_tag(token_sha256: &[u8; 32]) -> String {
+    hex::encode(&token_sha256[..6])
 }
 
 /// Equal in time independent of where they differ.
@@ -138,29 +151,63 @@ impl BootstrapToken {
                 .ok_or_else(|| bad(format!("label {pair:?} is not key=value")))?;
             labels.insert(k.trim().to_string(), v.trim().to_string());
         }
+        let token_sha256 = sha256(token.as_bytes());
+        let tag = usage_tag(&token_sha256);
+        // A count for another token value, or one nobody could have written, starts over;
+        // an unreadable one fails closed.
+        let used = match secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(USAGE_ANNOTATION))
+            .and_then(|v| v.split_once('/'))
+        {
+            Some((n, t)) if t == tag => n
+                .parse()
+                .map_err(|_| bad(format!("{USAGE_ANNOTATION} {n:?} is not a count")))?,
+            _ => 0,
+        };
         Ok(BootstrapToken {
             secret_name: name,
-            token_sha256: sha256(token.as_bytes()),
+            token_sha256,
             expiration,
             usage_limit,
             device_namespace,
             labels,
+            used,
+            resource_version: secret.metadata.resource_version.clone(),
         })
+    }
+
+    /// The [`USAGE_ANNOTATION`] value after `delta` more enrollments.
+    pub fn usage_after(&self, delta: isize) -> String {
+        format!(
+            "{}/{}",
+            self.used.saturating_add_signed(delta),
+            usage_tag(&self.token_sha256)
+        )
     }
 
     pub fn matches(&self, presented: &str) -> bool {
         same(&self.token_sha256, &sha256(presented.as_bytes()))
     }
 
-    /// Whether this token may enroll one more device, given how many it has enrolled.
-    pub fn admits(&self, now: Timestamp, enrolled: usize) -> Result<(), Refusal> {
-        if let Some(exp) = self.expiration
-            && now >= exp
-        {
-            return Err(Refusal::Expired(self.secret_name.clone(), exp.to_string()));
+    /// Whether this token is still valid at `now`: checked on every enrollment, also of a
+    /// revoked device enrolling again.
+    pub fn unexpired(&self, now: Timestamp) -> Result<(), Refusal> {
+        match self.expiration {
+            Some(exp) if now >= exp => {
+                Err(Refusal::Expired(self.secret_name.clone(), exp.to_string()))
+            }
+            _ => Ok(()),
         }
+    }
+
+    /// Whether this token may enroll one more device.
+    pub fn admits(&self, now: Timestamp) -> Result<(), Refusal> {
+        self.unexpired(now)?;
         if let Some(limit) = self.usage_limit
-            && enrolled >= limit
+            && self.used >= limit
         {
             return Err(Refusal::UsedUp(self.secret_name.clone(), limit));
         }
@@ -209,9 +256,37 @@ mod tests {
         assert_eq!(t.device_namespace, "fleet-a");
         let before: Timestamp = "2029-12-31T23:59:59Z".parse().unwrap();
         let after: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
-        assert_eq!(t.admits(before, 1), Ok(()));
-        assert!(matches!(t.admits(before, 2), Err(Refusal::UsedUp(_, 2))));
-        assert!(matches!(t.admits(after, 0), Err(Refusal::Expired(..))));
+        assert_eq!(t.used, 0);
+        assert_eq!(t.admits(before), Ok(()));
+        assert!(matches!(t.admits(after), Err(Refusal::Expired(..))));
+        assert!(matches!(t.unexpired(after), Err(Refusal::Expired(..))));
+        // The count written back is read as this token's, up to the limit.
+        let mut counted = secret(
+            &[
+                ("token", "0123456789abcdef0123"),
+                ("expiration", "2030-01-01T00:00:00Z"),
+                ("usage-limit", "2"),
+            ],
+            BOOTSTRAP_TOKEN_TYPE,
+        );
+        counted.metadata.annotations = Some(
+            [(USAGE_ANNOTATION.to_string(), t.usage_after(2))]
+                .into_iter()
+                .collect(),
+        );
+        let used_up = BootstrapToken::parse(&counted).unwrap();
+        assert_eq!(used_up.used, 2);
+        assert!(matches!(used_up.admits(before), Err(Refusal::UsedUp(_, 2))));
+        assert_eq!(used_up.usage_after(-1), t.usage_after(1));
+        // A new token value in the same Secret starts from zero.
+        let mut rotated = counted.clone();
+        if let Some(d) = rotated.data.as_mut() {
+            d.insert(
+                "token".into(),
+                ByteString(b"another-token-value-0".to_vec()),
+            );
+        }
+        assert_eq!(BootstrapToken::parse(&rotated).unwrap().used, 0);
     }
 
     #[test]

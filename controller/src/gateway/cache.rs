@@ -38,31 +38,14 @@ impl Entry {
 struct Inner {
     devices: HashMap<Key, Arc<Entry>>,
     by_credential: HashMap<String, Key>,
-    /// Devices enrolled per bootstrap token Secret, for usage limits without a scan.
-    per_token: HashMap<String, usize>,
 }
 
 impl Inner {
-    fn count(&mut self, entry: Option<&Entry>, delta: isize) {
-        if let Some(token) = entry
-            .and_then(|e| e.status.enrollment.as_ref())
-            .map(|e| e.bootstrap_token.clone())
-        {
-            let n = self.per_token.entry(token.clone()).or_default();
-            *n = n.saturating_add_signed(delta);
-            if *n == 0 {
-                self.per_token.remove(&token);
-            }
-        }
-    }
-
     fn insert(&mut self, key: Key, entry: Arc<Entry>) -> Option<Arc<Entry>> {
         if let Some(hash) = entry.credential_sha256() {
             self.by_credential.insert(hash.to_string(), key.clone());
         }
-        self.count(Some(&entry), 1);
         let old = self.devices.insert(key, entry.clone());
-        self.count(old.as_deref(), -1);
         if let Some(old_hash) = old.as_ref().and_then(|o| o.credential_sha256())
             && Some(old_hash) != entry.credential_sha256()
         {
@@ -73,7 +56,6 @@ impl Inner {
 
     fn remove(&mut self, key: &Key) -> Option<Arc<Entry>> {
         let old = self.devices.remove(key);
-        self.count(old.as_deref(), -1);
         if let Some(hash) = old.as_ref().and_then(|o| o.credential_sha256()) {
             self.by_credential.remove(hash);
         }
@@ -86,7 +68,7 @@ impl Inner {
 pub struct DeviceCache {
     inner: RwLock<Inner>,
     relist: Mutex<Option<Inner>>,
-    waiters: Mutex<HashMap<Key, Arc<Notify>>>,
+    waiters: Mutex<HashMap<Key, Arc<Poll>>>,
     ready: AtomicBool,
 }
 
@@ -169,15 +151,6 @@ impl DeviceCache {
         Some((key.clone(), inner.devices.get(key)?.clone()))
     }
 
-    /// How many Devices a bootstrap token has enrolled (for its usage limit).
-    pub fn enrolled_with(&self, token_secret: &str) -> usize {
-        self.read()
-            .per_token
-            .get(token_secret)
-            .copied()
-            .unwrap_or(0)
-    }
-
     pub fn len(&self) -> usize {
         self.read().devices.len()
     }
@@ -186,22 +159,29 @@ impl DeviceCache {
         self.len() == 0
     }
 
-    /// The wake-up of one device's long-polls. Take it *before* reading the target, so a
-    /// change between the read and the wait is not missed.
-    pub fn waiter(&self, key: &Key) -> Arc<Notify> {
-        self.waiters
+    /// Registers a long-poll of one device and returns its ticket. Take it *before* reading
+    /// the target, so a change between the read and the wait is not missed. A device has one
+    /// long-poll per replica: registering a new one wakes the one before, which then sees
+    /// itself [`Ticket::superseded`] and ends, so a leaked or copied credential cannot pile up
+    /// waiting connections.
+    pub fn waiter(&self, key: &Key) -> Ticket {
+        let poll = self
+            .waiters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(key.clone())
             .or_default()
-            .clone()
+            .clone();
+        let generation = poll.latest.fetch_add(1, Ordering::SeqCst) + 1;
+        poll.notify.notify_waiters();
+        Ticket { poll, generation }
     }
 
     /// Drops the wake-up of a device nobody waits for.
-    pub fn release(&self, key: &Key, notify: Arc<Notify>) {
+    pub fn release(&self, key: &Key, ticket: Ticket) {
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        // Two references: the map's and the caller's, so no one else waits on it.
-        if Arc::strong_count(&notify) <= 2 {
+        // Two references: the map's and the ticket's, so no one else waits on it.
+        if Arc::strong_count(&ticket.poll) <= 2 {
             waiters.remove(key);
         }
     }
@@ -213,7 +193,7 @@ impl DeviceCache {
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
         {
-            n.notify_waiters();
+            n.notify.notify_waiters();
         }
     }
 
@@ -225,8 +205,33 @@ impl DeviceCache {
             .unwrap_or_else(|e| e.into_inner())
             .values()
         {
-            n.notify_waiters();
+            n.notify.notify_waiters();
         }
+    }
+}
+
+/// One device's long-polls: their wake-up and the newest one's number.
+#[derive(Default)]
+pub struct Poll {
+    notify: Notify,
+    latest: std::sync::atomic::AtomicU64,
+}
+
+/// One long-poll's registration.
+pub struct Ticket {
+    poll: Arc<Poll>,
+    generation: u64,
+}
+
+impl Ticket {
+    /// Woken by a target change or by a newer poll of the same device.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.poll.notify.notified()
+    }
+
+    /// Whether a newer long-poll of the same device has replaced this one.
+    pub fn superseded(&self) -> bool {
+        self.poll.latest.load(Ordering::SeqCst) != self.generation
     }
 }
 
@@ -281,14 +286,11 @@ mod tests {
         cache.apply(&Event::Apply(device("a", Some("h2"), None)));
         assert!(cache.by_credential("h1").is_none());
         assert!(cache.by_credential("h2").is_some());
-        assert_eq!(cache.enrolled_with("tok"), 1);
         cache.apply(&Event::Apply(device("b", Some("h3"), None)));
         cache.apply(&Event::Apply(device("c", None, None)));
-        assert_eq!(cache.enrolled_with("tok"), 2);
         cache.apply(&Event::Delete(device("b", Some("h3"), None)));
         cache.apply(&Event::Delete(device("a", Some("h2"), None)));
         cache.apply(&Event::Delete(device("c", None, None)));
-        assert_eq!(cache.enrolled_with("tok"), 0);
         assert!(cache.by_credential("h2").is_none());
         assert!(cache.is_empty());
     }
@@ -315,5 +317,27 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn a_new_poll_of_a_device_replaces_the_one_before() {
+        let cache = DeviceCache::default();
+        let key: Key = ("ns".into(), "a".into());
+        let first = cache.waiter(&key);
+        {
+            let woken = first.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            assert!(!first.superseded());
+            let _ = cache.waiter(&key);
+            tokio::time::timeout(std::time::Duration::from_millis(100), woken)
+                .await
+                .expect("the first poll is woken");
+        }
+        let second = cache.waiter(&key);
+        assert!(first.superseded() && !second.superseded());
+        cache.release(&key, first);
+        cache.release(&key, second);
+        assert!(cache.waiters.lock().unwrap().is_empty());
     }
 }

@@ -1,7 +1,6 @@
 //! The device API over HTTPS (HTTP/1.1, rustls), routes as in `controller/gateway-openapi.yaml`.
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use edgevisor_crds::FleetRevision;
 use edgevisor_protocol::gateway::{DeviceReport, EnrollRequest, MAX_WAIT_SECONDS, Target};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
@@ -67,28 +66,23 @@ fn empty(code: StatusCode) -> Reply {
     r
 }
 
-/// Loads the server's certificate chain and key (PEM).
-pub fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Error> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| Error::Tls(format!("reading certificates in {}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(Error::Tls(format!(
-            "{} holds no certificate",
-            cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| Error::Tls(format!("reading the private key {}: {e}", key.display())))?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| Error::Tls(format!("the certificate and key do not match: {e}")))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+/// Per-connection limits: what one client, however slow or hostile, may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Open connections per replica; past it new connections are closed at once, so memory
+    /// stays bounded whatever arrives.
+    pub max_connections: usize,
+    /// From accept to the end of the TLS handshake.
+    pub handshake: Duration,
+    /// For a request's headers.
+    pub headers: Duration,
+    /// For a request's whole body, however it trickles in.
+    pub body: Duration,
 }
+
+/// hyper's read buffer per connection (its floor is 8 KiB; the default is ~400 KiB): requests
+/// here are small, and this is most of what an idle connection costs.
+const READ_BUFFER: usize = 16 << 10;
 
 /// Serves the device API until the process ends.
 pub async fn serve(
@@ -104,7 +98,9 @@ pub async fn serve(
             source,
         })?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    info!(%addr, "serving the device API");
+    let limits = gw.config.limits;
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    info!(%addr, max_connections = limits.max_connections, "serving the device API");
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -115,12 +111,18 @@ pub async fn serve(
                 continue;
             }
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            gw.metrics.connection_refused();
+            drop(stream);
+            continue;
+        };
         let acceptor = acceptor.clone();
         let gw = gw.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                .await
-            {
+            let _permit = permit;
+            let metrics = gw.metrics.clone();
+            let _open = metrics.connection();
+            let tls = match tokio::time::timeout(limits.handshake, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake"),
                 Err(_) => return debug!(%peer, "TLS handshake timed out"),
@@ -131,7 +133,8 @@ pub async fn serve(
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(limits.headers)
+                .max_buf_size(READ_BUFFER)
                 .serve_connection(TokioIo::new(tls), service)
                 .await
             {
@@ -179,12 +182,38 @@ async fn handle(gw: &Gateway, req: Request<Incoming>) -> Reply {
     reply
 }
 
-async fn body_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Fail> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?
-        .to_bytes();
+/// Reads a JSON body of at most [`MAX_BODY`] bytes within the body time limit. Frames are
+/// copied as they come: a body trickled a byte per TLS record arrives as thousands of frames,
+/// each pinning a buffer of kilobytes if kept.
+async fn body_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    within: Duration,
+) -> Result<T, Fail> {
+    let mut body = req.into_body();
+    let mut bytes = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                Fail::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+            })?;
+            if let Some(data) = frame.data_ref() {
+                if bytes.len() + data.len() > MAX_BODY {
+                    return Err(Fail::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the body is larger than {MAX_BODY} bytes"),
+                    ));
+                }
+                bytes.extend_from_slice(data);
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(within, read).await.map_err(|_| {
+        Fail::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {}s", within.as_secs()),
+        )
+    })??;
     serde_json::from_slice(&bytes).map_err(|e| {
         Fail::new(
             StatusCode::BAD_REQUEST,
@@ -206,8 +235,14 @@ async fn enroll_route(gw: &Gateway, req: Request<Incoming>) -> Result<Reply, Fai
             )
         })?
         .to_string();
-    let request: EnrollRequest = body_json(req).await?;
-    match enroll::enroll(gw, &presented, &request).await {
+    // The token is checked before the body is read: a client without one gets nothing to
+    // hold the connection open with.
+    let secret =
+        gw.tokens.find(gw, &presented).await.ok_or_else(|| {
+            Fail::new(StatusCode::UNAUTHORIZED, auth::Refusal::Unknown.to_string())
+        })?;
+    let request: EnrollRequest = body_json(req, gw.config.limits.body).await?;
+    match enroll::enroll(gw, &secret, &presented, &request).await {
         Ok(response) => Ok(json_reply(StatusCode::CREATED, &response)),
         Err(e) => {
             let code = match e {
@@ -291,12 +326,15 @@ async fn target_route(
     }
     .min(MAX_WAIT_SECONDS);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
-    let notify = gw.devices.waiter(&key);
+    let ticket = gw.devices.waiter(&key);
     let _waiting = gw.metrics.waiting();
     let result = loop {
-        let notified = notify.notified();
+        let notified = ticket.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        if ticket.superseded() {
+            break Ok(empty(StatusCode::NO_CONTENT));
+        }
         let Some(entry) = gw.devices.get(&key) else {
             break Err(Fail::new(
                 StatusCode::UNAUTHORIZED,
@@ -321,13 +359,13 @@ async fn target_route(
             _ = tokio::time::sleep_until(deadline) => break Ok(empty(StatusCode::NO_CONTENT)),
         }
     };
-    gw.devices.release(&key, notify);
+    gw.devices.release(&key, ticket);
     result
 }
 
 async fn status_route(gw: &Gateway, key: Key, req: Request<Incoming>) -> Result<Reply, Fail> {
     authenticate(gw, &req, &key.0, &key.1)?;
-    let report: DeviceReport = body_json(req).await?;
+    let report: DeviceReport = body_json(req, gw.config.limits.body).await?;
     let problems = report.validate();
     if !problems.is_empty() {
         return Err(Fail::new(

@@ -21,6 +21,8 @@ pub struct GatewayMetrics {
     status_writes: Counter,
     status_write_errors: Counter,
     waiting: Gauge,
+    connections: Gauge,
+    connections_refused: Counter,
     devices_gauge: Gauge<u64, AtomicU64>,
 }
 
@@ -76,6 +78,18 @@ impl Default for GatewayMetrics {
             "Target long-polls waiting now",
             waiting.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "edgevisor_gateway_connections",
+            "Device API connections open now (any phase, TLS handshake included)",
+            connections.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "edgevisor_gateway_connections_refused",
+            "Connections closed at once because the replica had its maximum open",
+            connections_refused.clone(),
+        );
         let devices_gauge = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "edgevisor_gateway_devices",
@@ -91,6 +105,8 @@ impl Default for GatewayMetrics {
             status_writes,
             status_write_errors,
             waiting,
+            connections,
+            connections_refused,
             devices_gauge,
         }
     }
@@ -129,6 +145,26 @@ impl GatewayMetrics {
     pub fn waiting(&self) -> WaitingGuard<'_> {
         self.waiting.inc();
         WaitingGuard(self, Instant::now())
+    }
+}
+
+impl GatewayMetrics {
+    /// Counts an open connection for as long as the guard lives.
+    pub fn connection(&self) -> ConnectionGuard<'_> {
+        self.connections.inc();
+        ConnectionGuard(self)
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+}
+
+pub struct ConnectionGuard<'a>(&'a GatewayMetrics);
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.connections.dec();
     }
 }
 

@@ -7,7 +7,8 @@
 //! - [`target`], [`report`]: what a device is answered and what its reports become (pure).
 //! - [`enroll`]: creating or adopting a Device and issuing its credential.
 //! - [`writer`]: coalesced status writes and liveness.
-//! - [`http`]: the TLS server and the routes.
+//! - [`http`]: the server, its per-connection limits and the routes.
+//! - [`tls`]: the server certificate, reloaded when its files change.
 pub mod auth;
 pub mod cache;
 pub mod enroll;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod report;
 pub mod target;
+pub mod tls;
 pub mod writer;
 
 use std::sync::Arc;
@@ -39,6 +41,7 @@ pub struct Config {
     pub registries: RegistryMap,
     pub liveness: Duration,
     pub coalesce: Duration,
+    pub limits: http::Limits,
 }
 
 /// Everything a request handler reads.
@@ -60,7 +63,7 @@ pub async fn run(
     namespace: Option<String>,
     listen: std::net::SocketAddr,
     metrics_addr: std::net::SocketAddr,
-    tls: rustls::ServerConfig,
+    tls: Arc<tls::ReloadingCert>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), crate::error::Error> {
     use std::sync::atomic::Ordering;
@@ -143,7 +146,8 @@ pub async fn run(
     };
     tokio::select! {
         r = crate::serve::serve(metrics_addr, health) => r.map_err(|source| Error::Listen { what: "the metrics endpoint", addr: metrics_addr, source }),
-        r = http::serve(listen, tls, gateway) => r,
+        r = http::serve(listen, tls.server_config(), gateway) => r,
+        _ = tls.clone().watch() => Ok(()),
         r = device_watch => r.map_err(|source| Error::Watch { what: "Devices", source }),
         r = revision_watch => r.map_err(|source| Error::Watch { what: "FleetRevisions", source }),
         _ = writer.run() => Ok(()),
