@@ -94,6 +94,11 @@ pub struct ControllerConfig {
     /// A registry (`host:port`) spoken to over plain HTTP; repeat for several.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// The Secret (in the lease namespace) holding the Ed25519 key that signs every rendered
+    /// state; created with a new key if absent. Its `ed25519.pub` is the public-key file
+    /// devices are given (the agent's `--revision-key`).
+    #[arg(long, default_value = "edgevisor-revision-signing-key")]
+    pub signing_key_secret: String,
     /// A docker-config Secret in the lease namespace with registry credentials; repeat.
     #[arg(long = "registry-secret")]
     pub registry_secrets: Vec<String>,

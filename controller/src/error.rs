@@ -13,6 +13,8 @@ pub enum Error {
     NoNamespace,
     #[error("registry Secret {name}: {reason}")]
     RegistrySecret { name: String, reason: String },
+    #[error("revision-signing key Secret {name}: {reason}")]
+    SigningKey { name: String, reason: String },
     #[error("building the registry client: {0}")]
     RegistryClient(#[source] reqwest::Error),
     #[error("{}: {source}", path.display())]
@@ -46,6 +48,7 @@ impl Error {
             Error::Render(_) => "render",
             Error::NoNamespace => "no_namespace",
             Error::RegistrySecret { .. } | Error::RegistryClient(_) => "registry",
+            Error::SigningKey { .. } => "signing",
             Error::File { .. } | Error::Tls(_) | Error::Listen { .. } => "io",
             Error::Watch { .. } => "watch",
         }

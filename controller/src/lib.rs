@@ -17,6 +17,7 @@ pub mod render;
 pub mod rollout;
 pub mod run;
 pub mod serve;
+pub mod signing;
 pub mod status;
 pub mod views;
 

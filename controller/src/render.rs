@@ -141,6 +141,8 @@ pub fn render(
             state_digest: hex::encode(Sha256::digest(json.as_bytes())),
             state: json,
             images: resolved,
+            // Signed with the revision's name, once it has one.
+            signature: None,
         });
     }
     let files = state_files

@@ -74,10 +74,17 @@ pub async fn run(
         registry_credentials(&client, config).await?,
     )
     .map_err(Error::RegistryClient)?;
+    let signer = crate::signing::load_or_create(
+        &client,
+        &config.lease_namespace,
+        &config.signing_key_secret,
+    )
+    .await?;
     let ended = reconcile_while_leading(
         client,
         config,
         registry,
+        Arc::new(signer),
         metrics.clone(),
         health,
         &elector,
@@ -97,6 +104,7 @@ async fn reconcile_while_leading(
     client: Client,
     config: &ControllerConfig,
     registry: Registry,
+    signer: Arc<crate::signing::Signer>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     elector: &Elector,
@@ -139,6 +147,7 @@ async fn reconcile_while_leading(
     let ctx = Arc::new(Context {
         client: client.clone(),
         registry,
+        signer,
         recorder: Recorder::new(client, "edgevisor-controller".into()),
         metrics,
         fleets: fleet_store.clone(),

@@ -123,6 +123,10 @@ pub struct ArchitectureState {
     /// The images it uses, resolved, for people and tools to read.
     #[schemars(length(max = 32))]
     pub images: Vec<ResolvedImage>,
+    /// The controller's Ed25519 signature of the state for this namespace, revision and
+    /// architecture; devices given the controller's public key refuse a state without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<edgevisor_protocol::signature::RevisionSignature>,
 }
 
 /// An image of the template resolved for one architecture.

@@ -30,6 +30,36 @@ pub fn controller_kubeconfig(env: &Env) -> &'static Path {
     RELEASE_KUBECONFIG.get_or_init(|| crate::release::sa_kubeconfig(env, "edgevisor-controller"))
 }
 
+/// The release's revision-signing Secret, which the controller fills on its first start.
+pub const SIGNING_KEY_SECRET: &str = "edgevisor-revision-signing-key";
+
+/// The controller's revision-signing public key as a device's `--revision-key` file, read the
+/// way an operator would (from the Secret), once a controller has created it.
+pub async fn revision_public_key(client: &kube::Client) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), RELEASE_NAMESPACE);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let secret = secrets
+            .get_opt(SIGNING_KEY_SECRET)
+            .await
+            .context("reading the revision-signing Secret")?;
+        if let Some(key) = secret
+            .as_ref()
+            .and_then(|s| s.data.as_ref())
+            .and_then(|d| d.get("ed25519.pub"))
+        {
+            return String::from_utf8(key.0.clone()).context("ed25519.pub is not text");
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no controller filled {RELEASE_NAMESPACE}/{SIGNING_KEY_SECRET} within a minute"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// A running controller; killed when dropped.
 pub struct Controller {
     process: Managed,

@@ -116,6 +116,9 @@ pub struct DeviceOptions {
     pub runtime_args: Vec<String>,
     /// More flags of the agent.
     pub agent_args: Vec<String>,
+    /// The controller's revision-signing public key (`--revision-key`); without it the agent
+    /// installs unsigned targets (`--allow-unsigned-revisions`).
+    pub revision_key: Option<String>,
 }
 
 impl DeviceOptions {
@@ -139,6 +142,7 @@ impl DeviceOptions {
             info: Vec::new(),
             runtime_args: Vec::new(),
             agent_args: Vec::new(),
+            revision_key: None,
         }
     }
 }
@@ -179,6 +183,9 @@ impl RealDevice {
         let token = options.dir.join("bootstrap-token");
         std::fs::write(&token, &options.bootstrap_token)?;
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))?;
+        if let Some(key) = &options.revision_key {
+            std::fs::write(options.dir.join("revision.pub"), key)?;
+        }
 
         let runtime = spawn_logged(
             in_netns(&options.netns, &runtime_bin)
@@ -237,6 +244,13 @@ impl RealDevice {
             .args(["--name", &o.name, "--architecture", &o.architecture])
             .arg("--bootstrap-token-file")
             .arg(o.dir.join("bootstrap-token"));
+        if o.revision_key.is_some() {
+            command
+                .arg("--revision-key")
+                .arg(o.dir.join("revision.pub"));
+        } else {
+            command.arg("--allow-unsigned-revisions");
+        }
         for (k, v) in &o.info {
             command.args(["--info", &format!("{k}={v}")]);
         }

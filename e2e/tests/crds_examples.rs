@@ -206,6 +206,7 @@ fn revision(name: &str) -> FleetRevision {
         state_digest: "0".repeat(64),
         state: r##"{"#spec":"edgevisor-state@1","containers":[]}"##.to_string(),
         images: vec![],
+        signature: None,
     };
     FleetRevision::new(
         name,

@@ -103,6 +103,7 @@ pub fn target(
         state_digest: format!("sha256:{}", arch.state_digest),
         state: arch.state.clone(),
         blobs,
+        signature: arch.signature.clone(),
     })
 }
 

@@ -54,6 +54,8 @@ pub type Overlay = HashMap<(String, String), (String, i64, Instant)>;
 pub struct Context {
     pub client: Client,
     pub registry: Registry,
+    /// Signs every rendered state.
+    pub signer: Arc<crate::signing::Signer>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub fleets: Store<Fleet>,
@@ -384,6 +386,13 @@ async fn create_revision(
     let files = file_contents(ctx, &ns, fleet).await?;
     let rendered =
         render::render(template, &images, &files).map_err(|e| Error::Render(e.to_string()))?;
+    let mut architectures = rendered.architectures;
+    for a in &mut architectures {
+        a.signature = Some(
+            ctx.signer
+                .sign(&ns, name, a.architecture.as_str(), &a.state_digest),
+        );
+    }
     let sequence = existing.iter().map(|r| r.spec.revision).max().unwrap_or(0) + 1;
     let mut revision = FleetRevision::new(
         name,
@@ -391,7 +400,7 @@ async fn create_revision(
             fleet: fleet.name_any(),
             revision: sequence,
             template_hash: hash.to_string(),
-            architectures: rendered.architectures,
+            architectures,
             files: rendered.files,
         },
     );

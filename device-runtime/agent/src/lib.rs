@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod registry;
 pub mod report;
 pub mod schedule;
+pub mod signature;
 pub mod update;
 
 use std::future::Future;
@@ -90,6 +91,20 @@ pub struct AgentArgs {
     /// the network in clear.
     #[arg(long)]
     pub insecure_gateway: bool,
+    /// The controller's revision-signing public key(s), one base64 key per line (the
+    /// controller's signing-key Secret, `ed25519.pub`), given with the bootstrap material.
+    /// Every target's state must carry a signature by one of them, for this device's namespace,
+    /// or it is refused (WONTGO, SignatureInvalid) and nothing is installed.
+    #[arg(
+        long,
+        env = "EDGEVISOR_AGENT_REVISION_KEY",
+        required_unless_present = "allow_unsigned_revisions"
+    )]
+    pub revision_key: Option<PathBuf>,
+    /// Install targets without checking a signature. For tests only: whoever controls the
+    /// gateway, or may write FleetRevisions, decides what this device runs.
+    #[arg(long, conflicts_with = "revision_key")]
+    pub allow_unsigned_revisions: bool,
     /// Objects downloaded at the same time.
     #[arg(long, env = "EDGEVISOR_AGENT_PARALLEL_DOWNLOADS", default_value_t = 3,
           value_parser = clap::value_parser!(u16).range(1..=32))]
@@ -518,6 +533,13 @@ async fn setup(args: &AgentArgs, wait: Duration) -> Result<(Arc<Ctx>, Gateway, C
         }
         None => Default::default(),
     };
+    let revision_keys = match &args.revision_key {
+        Some(p) => Some(signature::RevisionKeys::load(p)?),
+        None => {
+            tracing::warn!("--allow-unsigned-revisions: targets are installed without a signature");
+            None
+        }
+    };
     let cred = credential(args, &gw).await?;
     let runtime = Client::new(&args.runtime_socket);
     let (reporter, report_rx) = Reporter::new();
@@ -538,6 +560,7 @@ async fn setup(args: &AgentArgs, wait: Duration) -> Result<(Arc<Ctx>, Gateway, C
         parallel_downloads: usize::from(args.parallel_downloads),
         poll: Duration::from_millis(500),
         retry_later: Duration::from_secs(args.retry_failed_seconds),
+        revision_keys,
     });
     tokio::spawn(run_reporter(
         report_rx,
@@ -573,6 +596,8 @@ mod tests {
             "os=linux",
             "--parallel-downloads",
             "5",
+            "--revision-key",
+            "/etc/edgevisor/revision.pub",
         ])
         .unwrap();
         assert_eq!(
@@ -587,6 +612,23 @@ mod tests {
         assert_eq!(a.architecture, default_architecture());
         let bad = |extra: &[&str]| {
             let mut v = vec!["agent", "--gateway", "g", "--ca-cert", "c", "--name", "n"];
+            v.extend_from_slice(extra);
+            AgentArgs::try_parse_from(v).is_err()
+        };
+        // Without the controller's key the agent does not start, unless told to run anything.
+        assert!(bad(&[]));
+        assert!(!bad(&["--allow-unsigned-revisions"]));
+        assert!(bad(&["--allow-unsigned-revisions", "--revision-key", "k"]));
+        let bad = |extra: &[&str]| {
+            let mut v = vec![
+                "agent",
+                "--gateway",
+                "g",
+                "--name",
+                "n",
+                "--revision-key",
+                "k",
+            ];
             v.extend_from_slice(extra);
             AgentArgs::try_parse_from(v).is_err()
         };

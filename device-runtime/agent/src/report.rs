@@ -158,7 +158,9 @@ pub fn download_percent(done: u64, total: u64) -> u8 {
 pub fn reason_code(status: Status, why: &str) -> &'static str {
     let w = why.to_ascii_lowercase();
     let has = |s: &str| w.contains(s);
-    if has("denied by the device's policy") {
+    if has("signature") {
+        "SignatureInvalid"
+    } else if has("denied by the device's policy") {
         "PolicyDenied"
     } else if has("could not start") {
         "ContainerFailedToStart"
@@ -345,6 +347,11 @@ mod tests {
                 Status::Wontgo,
                 "WONTGO: denied by the device's policy: containers[a].allowSetuid: no",
                 "PolicyDenied",
+            ),
+            (
+                Status::Wontgo,
+                "refused: the revision's signature is not valid: the revision carries no signature",
+                "SignatureInvalid",
             ),
             (Status::Wontgo, "something new", "Refused"),
             (Status::Error, "something new", "UpdateFailed"),

@@ -249,6 +249,8 @@ pub struct Ctx {
     pub poll: Duration,
     /// Delay before retrying an update whose downloads failed ([`Outcome::RetryLater`]).
     pub retry_later: Duration,
+    /// The controller's keys; `None` installs unsigned targets (`--allow-unsigned-revisions`).
+    pub revision_keys: Option<crate::signature::RevisionKeys>,
 }
 
 /// Runtime errors worth waiting out: the runtime restarting, or busy (503).
@@ -333,6 +335,12 @@ async fn handle(ctx: &Ctx, target: &Target, gate: &Gate) -> Outcome {
         ctx.reporter
             .set_update(failed_report(&rev, Status::Wontgo, reason, (0, 0)));
         return Outcome::RetryLater(ctx.retry_later);
+    }
+    if let Some(keys) = &ctx.revision_keys
+        && let Err(why) = keys.verify(&ctx.cred.namespace, target)
+    {
+        let reason = format!("refused: the revision's signature is not valid: {why}");
+        return give_up(ctx, &rev, reason, (0, 0), false);
     }
     let mut bytes = (0u64, 0u64);
     let mut downloads = 0;
@@ -785,6 +793,7 @@ mod tests {
             state_digest: format!("sha256:{}", hex::encode(Sha256::digest(state.as_bytes()))),
             state,
             blobs: vec![],
+            signature: None,
         };
         assert!(state_matches(&t));
         t.state.push(' ');

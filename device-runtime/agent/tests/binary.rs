@@ -34,6 +34,28 @@ type Body = BoxBody<Bytes, std::io::Error>;
 
 const TOKEN: &str = "bootstrap-1";
 const CRED: &str = "cred-of-edge-1";
+/// The namespace the gateway here enrolls into, which signatures are bound to.
+const NAMESPACE: &str = "fleet";
+
+/// The controller's signing key, as a test stands in for it.
+fn signing_key() -> ring::signature::Ed25519KeyPair {
+    let der =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    ring::signature::Ed25519KeyPair::from_pkcs8(der.as_ref()).unwrap()
+}
+
+/// Signs `t` as the controller would.
+fn sign(key: &ring::signature::Ed25519KeyPair, t: &mut Target) {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    let digest = t.state_digest.trim_start_matches("sha256:");
+    let message =
+        edgevisor_protocol::signature::message(NAMESPACE, &t.revision, &t.architecture, digest);
+    t.signature = Some(edgevisor_protocol::signature::RevisionSignature {
+        key_id: edgevisor_protocol::signature::key_id(key.public_key().as_ref()),
+        value: base64::engine::general_purpose::STANDARD.encode(key.sign(&message).as_ref()),
+    });
+}
 
 #[derive(Default)]
 struct Gw {
@@ -81,7 +103,7 @@ async fn serve(gw: Arc<Gw>, req: Request<Incoming>) -> Result<Response<Body>, In
             return Ok(error(StatusCode::CONFLICT, "already enrolled"));
         }
         let resp = EnrollResponse {
-            namespace: "fleet".into(),
+            namespace: NAMESPACE.into(),
             name: r.name.clone(),
             credential: CRED.into(),
         };
@@ -151,9 +173,15 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(dev: &Device, port: u16, token: &str) -> Agent {
+    fn start(dev: &Device, port: u16, token: &str, key: &ring::signature::Ed25519KeyPair) -> Agent {
+        use ring::signature::KeyPair as _;
         let dir = dev.dir.path();
         std::fs::write(dir.join("token"), format!("  {token}\n")).unwrap();
+        std::fs::write(
+            dir.join("revision.pub"),
+            edgevisor_protocol::signature::encode_public_key(key.public_key().as_ref()),
+        )
+        .unwrap();
         let log = dir.join("agent.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_agent"))
@@ -167,6 +195,8 @@ impl Agent {
             .args(["--name", "edge-1", "--architecture", "amd64"])
             .arg("--bootstrap-token-file")
             .arg(dir.join("token"))
+            .arg("--revision-key")
+            .arg(dir.join("revision.pub"))
             .args(["--info", "model=test-rig"])
             .args(["--wait-seconds", "2", "--status-interval-ms", "200"])
             .args(["--container-check-seconds", "1", "--log", "debug"])
@@ -254,7 +284,8 @@ async fn the_agent_enrolls_follows_its_target_and_survives_revocation() {
         .collect();
     let image =
         json!({"config": testkit::descriptor(&config), "layers": [testkit::descriptor(&layer)]});
-    let target = |rev: &str, script: &str| {
+    let key = signing_key();
+    let unsigned = |rev: &str, script: &str| {
         let st = state(vec![container("app", &image, script)], 10, 1);
         Target {
             revision: rev.into(),
@@ -262,11 +293,17 @@ async fn the_agent_enrolls_follows_its_target_and_survives_revocation() {
             state_digest: format!("sha256:{}", hex_of(&st)),
             state: String::from_utf8(st).unwrap(),
             blobs: blobs.clone(),
+            signature: None,
         }
+    };
+    let target = |rev: &str, script: &str| {
+        let mut t = unsigned(rev, script);
+        sign(&key, &mut t);
+        t
     };
 
     // A wrong bootstrap token: a clear message and a non-zero exit, no credential.
-    let mut bad = Agent::start(&dev, port, "not-the-token");
+    let mut bad = Agent::start(&dev, port, "not-the-token", &key);
     let st = bad
         .wait_exit(Duration::from_secs(20))
         .await
@@ -281,7 +318,7 @@ async fn the_agent_enrolls_follows_its_target_and_survives_revocation() {
     assert!(!dev.dir.path().join("agent/credential.json").exists());
 
     // Enrolls once, stores the credential 0600, reports the (empty) device at once.
-    let mut agent = Agent::start(&dev, port, TOKEN);
+    let mut agent = Agent::start(&dev, port, TOKEN, &key);
     let cred_path = dev.dir.path().join("agent/credential.json");
     wait_for("the credential", &agent, || cred_path.exists()).await;
     let mode = std::fs::metadata(&cred_path).unwrap().permissions().mode();
@@ -356,6 +393,43 @@ async fn the_agent_enrolls_follows_its_target_and_survives_revocation() {
         vec![("app".into(), "r2".into())]
     );
 
+    // A gateway serving an altered state (the script changed after signing, its digest made
+    // to match), or one signed by a key the device was not given: refused before the runtime
+    // sees it, reported SignatureInvalid, and r2 keeps running.
+    let mut altered = target("r3", "exec sleep 1000");
+    let forged = unsigned("r3", "echo owned; exec sleep 1000");
+    altered.state = forged.state;
+    altered.state_digest = forged.state_digest;
+    let mut stranger = unsigned("r4", "exec sleep 1000");
+    sign(&signing_key(), &mut stranger);
+    for (rev, t) in [("r3", altered), ("r4", stranger)] {
+        *gw.target.lock().unwrap() = Some(t);
+        wait_for("the refusal", &agent, || {
+            gw.reports.lock().unwrap().iter().any(|r| {
+                r.update.as_ref().is_some_and(|u| {
+                    u.revision == rev
+                        && u.status == Status::Wontgo
+                        && u.reason.as_deref() == Some("SignatureInvalid")
+                })
+            })
+        })
+        .await;
+        assert!(
+            dev.client()
+                .steps()
+                .await
+                .unwrap()
+                .iter()
+                .all(|s| s.rev != rev),
+            "{rev} reached the runtime"
+        );
+        assert_eq!(
+            running(&dev.client()).await,
+            vec![("app".into(), "r2".into())]
+        );
+    }
+    *gw.target.lock().unwrap() = Some(target("r2", "echo r2; exec sleep 1000"));
+
     // Restarted, it uses its stored credential (a second enrollment would get 409).
     assert!(
         agent.term().await.is_some_and(|s| s.success()),
@@ -363,7 +437,7 @@ async fn the_agent_enrolls_follows_its_target_and_survives_revocation() {
         agent.log()
     );
     let before = gw.reports.lock().unwrap().len();
-    let mut agent = Agent::start(&dev, port, "token-no-longer-needed");
+    let mut agent = Agent::start(&dev, port, "token-no-longer-needed", &key);
     wait_for("a report after restart", &agent, || {
         gw.reports.lock().unwrap().len() > before
     })

@@ -71,6 +71,7 @@ fn target(rev: &str, state: Vec<u8>, blobs: Vec<BlobSource>) -> Target {
         state_digest: format!("sha256:{}", hex_of(&state)),
         state: String::from_utf8(state).unwrap(),
         blobs,
+        signature: None,
     }
 }
 
@@ -132,6 +133,8 @@ async fn targets_are_downloaded_installed_run_and_reported() {
         }),
         reporter: reporter.clone(),
         parallel_downloads: 2,
+        // Signatures are the binary test's subject (tests/binary.rs).
+        revision_keys: None,
         poll: Duration::from_millis(100),
         retry_later: Duration::from_secs(60),
     });

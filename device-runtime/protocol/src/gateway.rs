@@ -74,6 +74,10 @@ pub struct Target {
     pub state: String,
     /// Image configs and layers, each once.
     pub blobs: Vec<BlobSource>,
+    /// The controller's signature of the state ([`crate::signature`]); a device that holds
+    /// the controller's public key installs nothing without one that verifies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::signature::RevisionSignature>,
 }
 
 /// What a device tells the gateway: its revision, the update in progress and its containers.

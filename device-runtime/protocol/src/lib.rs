@@ -2,7 +2,7 @@
 //! a device installs (`edgevisor-state@1`, [`state`]), the update lifecycle it reports
 //! ([`lifecycle`]), the control socket's wire types ([`control`]) and the gateway's
 //! device API ([`gateway`]), and registry authentication as both the controller and the
-//! agent speak it ([`registry_auth`]). Pure types and validation, serde and little else, so the
+//! agent speak it ([`registry_auth`]), and what a signed revision signs ([`signature`]). Pure types and validation, serde and little else, so the
 //! controller, the runtime, the agent and `evctl` share them without sharing code
 //! they do not need.
 #![forbid(unsafe_code)]
@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod lifecycle;
 pub mod paths;
 pub mod registry_auth;
+pub mod signature;
 pub mod state;
 
 pub use digest::Digest;

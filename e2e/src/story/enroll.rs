@@ -24,6 +24,14 @@ impl World {
         let phase = Phase::new(format!(
             "{DEVICES} devices enrolled and reported their architecture"
         ));
+        let revision_key =
+            crate::controller::revision_public_key(&self.devices_api.clone().into()).await?;
+        n.say(&format!(
+            "Each device is also given the controller's revision-signing public key (Secret {}/{}, \
+             ed25519.pub): it installs only states the controller signed.",
+            crate::controller::RELEASE_NAMESPACE,
+            crate::controller::SIGNING_KEY_SECRET,
+        ));
         for i in 0..DEVICES {
             let name = format!("edge-{i}");
             let mut o = DeviceOptions::new(
@@ -35,6 +43,7 @@ impl World {
                 &self.token.token,
             );
             o.info = vec![("model".into(), "e2e-netns".into())];
+            o.revision_key = Some(revision_key.clone());
             // The local registry speaks plain http (blobs are verified by digest).
             o.agent_args = vec![
                 "--insecure-registry".into(),
