@@ -27,6 +27,11 @@ pub const TOKEN_SECRETS: &[&str] = &[
     "e2e-token-hostile",
 ];
 
+/// A label on namespaces that belong to another release than [`RELEASE`] (the chart test
+/// installs a second one): this release's admission policy does not hold there, as a user with
+/// several releases in one cluster would set `admission.namespaceSelector`.
+pub const OTHER_RELEASE_LABEL: &str = "e2e.edgevisor.dev/other-release";
+
 /// Installs (or upgrades) the chart with its default values (and the test token Secrets),
 /// once per test binary.
 pub fn install_chart(env: &Env) {
@@ -45,6 +50,12 @@ pub fn install_chart(env: &Env) {
             &format!(
                 "gateway.bootstrapTokenSecrets={}",
                 serde_json::json!(TOKEN_SECRETS)
+            ),
+            "--set-json",
+            &format!(
+                "admission.namespaceSelector={}",
+                serde_json::json!({"matchExpressions": [
+                    {"key": OTHER_RELEASE_LABEL, "operator": "DoesNotExist"}]})
             ),
         ])
         .run()

@@ -31,6 +31,8 @@ fn chart_lints_and_renders_hardened_workloads() {
         "Role",
         "RoleBinding",
         "Service",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ] {
         assert!(kinds.contains(&kind), "no {kind} rendered: {kinds:?}");
     }
@@ -131,6 +133,23 @@ fn chart_installs_with_least_privilege_and_uninstall_keeps_crds_and_objects() {
     let env = Env::get();
     let ns = env.namespace("chart");
     let name = format!("ev{}", std::process::id());
+    // A second release in one cluster: each release's admission policy holds in its own
+    // namespaces, or it would refuse the other release's controller (see release.rs).
+    let elsewhere = env.namespace("tenant");
+    for namespace in [&ns, &elsewhere] {
+        env.kubectl([
+            "label",
+            "namespace",
+            namespace,
+            &format!("{}={name}", edgevisor_e2e::release::OTHER_RELEASE_LABEL),
+        ])
+        .run()
+        .expect_ok("giving the namespace to the second release");
+    }
+    let selector = format!(
+        "admission.namespaceSelector={}",
+        serde_json::json!({"matchLabels": {edgevisor_e2e::release::OTHER_RELEASE_LABEL: &name}})
+    );
     env.helm([
         "install",
         &name,
@@ -138,6 +157,8 @@ fn chart_installs_with_least_privilege_and_uninstall_keeps_crds_and_objects() {
         "--namespace",
         &ns,
         "--force-conflicts",
+        "--set-json",
+        &selector,
     ])
     .run()
     .expect_ok("helm install");
@@ -153,7 +174,6 @@ fn chart_installs_with_least_privilege_and_uninstall_keeps_crds_and_objects() {
         name,
         namespace: ns,
     };
-    let elsewhere = env.namespace("tenant");
     env.kubectl([
         "create",
         "secret",
