@@ -291,6 +291,7 @@ fn container_state(
         capabilities: Vec::new(),
         roles: Vec::new(),
         files_at,
+        devices: Vec::new(),
     })
 }
 

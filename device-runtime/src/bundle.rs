@@ -58,6 +58,43 @@ pub struct BundleCtx {
     pub files_dir: Option<PathBuf>,
     /// Volume name → host directory.
     pub volumes: BTreeMap<String, PathBuf>,
+    /// The container's device nodes as the host has them (see [`HostDevice::stat`]).
+    pub devices: Vec<HostDevice>,
+}
+
+/// A host device node, as `stat` shows it: what runc needs to create it in the container and
+/// to let the container's cgroup use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDevice {
+    pub path: String,
+    /// `c` (character) or `b` (block).
+    pub kind: &'static str,
+    pub major: u32,
+    pub minor: u32,
+    /// Permission bits.
+    pub mode: u32,
+    pub read_only: bool,
+}
+
+impl HostDevice {
+    /// The node at `node.path` (already resolved and allowed by the policy).
+    pub fn stat(node: &crate::state::DeviceNode) -> Result<HostDevice, String> {
+        use rustix::fs::FileType;
+        let st = rustix::fs::stat(node.path.as_str()).map_err(|e| format!("{}: {e}", node.path))?;
+        let kind = match FileType::from_raw_mode(st.st_mode) {
+            FileType::CharacterDevice => "c",
+            FileType::BlockDevice => "b",
+            _ => return Err(format!("{} is not a device node", node.path)),
+        };
+        Ok(HostDevice {
+            path: node.path.clone(),
+            kind,
+            major: rustix::fs::major(st.st_rdev),
+            minor: rustix::fs::minor(st.st_rdev),
+            mode: st.st_mode & 0o777,
+            read_only: node.read_only,
+        })
+    }
 }
 
 pub fn parse_image_config(bytes: &[u8]) -> Result<ImageConfig, BundleError> {
@@ -313,7 +350,20 @@ pub fn build_config(
         namespaces.push(json!({"type": "network"}));
     }
 
-    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    // Everything denied, then each given node: read (and write unless read-only), never mknod.
+    let mut allowed = vec![json!({"allow": false, "access": "rwm"})];
+    let mut devices = Vec::new();
+    for d in &ctx.devices {
+        devices.push(
+            json!({"path": d.path, "type": d.kind, "major": d.major, "minor": d.minor,
+                            "fileMode": d.mode, "uid": 0, "gid": 0}),
+        );
+        allowed.push(
+            json!({"allow": true, "type": d.kind, "major": d.major, "minor": d.minor,
+                            "access": if d.read_only { "r" } else { "rw" }}),
+        );
+    }
+    let mut resources = json!({ "devices": allowed });
     if let Some(m) = c.limits.memory_bytes {
         resources["memory"] = json!({"limit": m});
     }
@@ -348,6 +398,7 @@ pub fn build_config(
         "linux": {
             "cgroupsPath": ctx.cgroups_path,
             "resources": resources,
+            "devices": devices,
             "namespaces": namespaces,
             "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
                 "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
@@ -386,7 +437,44 @@ mod tests {
             socket: Some("/s/control.sock".into()),
             files_dir: None,
             volumes: [("data".to_string(), PathBuf::from("/s/volumes/web/data"))].into(),
+            devices: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_given_device_is_created_and_allowed_and_nothing_else() {
+        let i = img(json!({"config": {"Cmd": ["/bin/sh"]}}));
+        let c = container(json!({}));
+        let mut ctx = ctx();
+        let none = build_config(&c, &i, &ctx).unwrap();
+        assert_eq!(none["linux"]["devices"], json!([]));
+        assert_eq!(
+            none["linux"]["resources"]["devices"],
+            json!([{"allow": false, "access": "rwm"}])
+        );
+        // /dev/kmsg exists on any Linux host: a character device.
+        let node = crate::state::DeviceNode {
+            path: "/dev/kmsg".into(),
+            read_only: true,
+        };
+        let kmsg = HostDevice::stat(&node).unwrap();
+        assert_eq!((kmsg.kind, kmsg.major, kmsg.minor), ("c", 1, 11));
+        ctx.devices.push(kmsg);
+        let v = build_config(&c, &i, &ctx).unwrap();
+        assert_eq!(v["linux"]["devices"][0]["path"], "/dev/kmsg");
+        assert_eq!(
+            v["linux"]["resources"]["devices"][1],
+            json!({"allow": true, "type": "c", "major": 1, "minor": 11, "access": "r"})
+        );
+        let not_a_node = crate::state::DeviceNode {
+            path: "/dev/shm".into(),
+            read_only: false,
+        };
+        assert!(
+            HostDevice::stat(&not_a_node)
+                .unwrap_err()
+                .contains("not a device node")
+        );
     }
 
     #[test]

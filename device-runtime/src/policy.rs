@@ -39,6 +39,10 @@ pub struct Policy {
     /// Containers (by name) that a state may give the `manager` role.
     #[serde(default)]
     pub manager_role: Vec<String>,
+    /// Host device nodes a state may give a container, each path with everything below it
+    /// (`/dev/serial` allows every serial port); `readOnly` allows read access only.
+    #[serde(default)]
+    pub devices: Vec<HostPath>,
     /// The largest `/tmp` or `/run` a container may ask for.
     #[serde(default = "default_max_tmpfs")]
     pub max_tmpfs_bytes: u64,
@@ -70,6 +74,7 @@ impl Default for Policy {
             setuid: false,
             capabilities: Vec::new(),
             manager_role: Vec::new(),
+            devices: Vec::new(),
             max_tmpfs_bytes: DEFAULT_TMPFS_BYTES,
         }
     }
@@ -112,7 +117,7 @@ impl Policy {
         }
         // The owner's paths as the host resolves them (`/lib64` → `/usr/lib64`), since
         // mount sources are compared resolved.
-        for h in &mut p.host_paths {
+        for h in p.host_paths.iter_mut().chain(p.devices.iter_mut()) {
             h.path = resolve_host_path(&h.path);
         }
         Ok(p)
@@ -126,6 +131,11 @@ impl Policy {
                     "hostPaths: {:?} is not a clean absolute path",
                     h.path
                 ));
+            }
+        }
+        for d in &self.devices {
+            if !crate::state::is_clean_abs(&d.path) || !d.path.starts_with("/dev") {
+                out.push(format!("devices: {:?} is not a path under /dev", d.path));
             }
         }
         for c in &self.capabilities {
@@ -162,6 +172,9 @@ impl Policy {
             for m in &mut c.mounts {
                 m.source = resolve(&m.source);
             }
+            for d in &mut c.devices {
+                d.path = resolve(&d.path);
+            }
             c.limits
                 .tmpfs_bytes
                 .get_or_insert(DEFAULT_TMPFS_BYTES.min(self.max_tmpfs_bytes));
@@ -196,6 +209,29 @@ impl Policy {
                     format!("host path {shown} is not allowed")
                 };
                 return Err(at(format!("mounts[{i}].source"), why));
+            }
+        }
+        for (i, d) in c.devices.iter().enumerate() {
+            let node = resolve(&d.path);
+            let shown = if node == d.path {
+                node.clone()
+            } else {
+                format!("{} (which leads to {node})", d.path)
+            };
+            // A symlink under /dev may lead anywhere: what it leads to must be a /dev path
+            // the owner allowed.
+            let allowed = node.starts_with("/dev/")
+                && self
+                    .devices
+                    .iter()
+                    .any(|h| is_within(&node, &h.path) && (d.read_only || !h.read_only));
+            if !allowed {
+                let why = if self.devices.iter().any(|h| is_within(&node, &h.path)) {
+                    format!("device {shown} may only be read")
+                } else {
+                    format!("device {shown} is not allowed")
+                };
+                return Err(at(format!("devices[{i}].path"), why));
             }
         }
         if c.network == Network::Host && !self.host_network {
@@ -296,6 +332,10 @@ mod tests {
             (json!({"capabilities": ["CAP_SYS_ADMIN"]}), "capabilities"),
             (json!({"roles": ["manager"]}), "roles"),
             (
+                json!({"devices": [{"path": "/dev/ttyUSB0"}]}),
+                "devices[0].path",
+            ),
+            (
                 json!({"limits": {"tmpfsBytes": 1u64 << 30}}),
                 "limits.tmpfsBytes",
             ),
@@ -371,6 +411,37 @@ mod tests {
         assert_eq!(c.limits.tmpfs_bytes, Some(1 << 20));
         let asked = state(json!({"limits": {"tmpfsBytes": 2u64 << 20}}));
         assert!(p.admit(asked, as_written).is_err());
+    }
+
+    #[test]
+    fn devices_are_allowed_by_path_and_judged_where_their_symlinks_lead() {
+        let p = policy(
+            json!({"devices": [{"path": "/dev/serial"}, {"path": "/dev/gpiochip0", "readOnly": true}]}),
+        );
+        let by_id = |s: &str| match s {
+            "/dev/serial/by-id/usb-1" => "/dev/serial/ttyUSB0".into(),
+            "/dev/serial/evil" => "/dev/sda".into(),
+            other => other.into(),
+        };
+        let ok = state(json!({"devices": [{"path": "/dev/serial/by-id/usb-1"},
+                                          {"path": "/dev/gpiochip0", "readOnly": true}]}));
+        let admitted = p.admit(ok, by_id).expect("allowed");
+        assert_eq!(
+            admitted.containers[0].devices[0].path,
+            "/dev/serial/ttyUSB0"
+        );
+        let rw = state(json!({"devices": [{"path": "/dev/gpiochip0"}]}));
+        assert!(
+            p.check(&rw, by_id)
+                .expect_err("rw")
+                .why
+                .contains("may only be read")
+        );
+        let escape = state(json!({"devices": [{"path": "/dev/serial/evil"}]}));
+        let e = p.check(&escape, by_id).expect_err("escape");
+        assert!(e.why.contains("which leads to /dev/sda"), "{}", e.why);
+        let sibling = state(json!({"devices": [{"path": "/dev/serial2"}]}));
+        assert!(p.check(&sibling, by_id).is_err());
     }
 
     #[test]

@@ -135,6 +135,12 @@ impl Daemon {
                 ),
                 files_dir: files_dir.clone(),
                 volumes,
+                devices: c
+                    .devices
+                    .iter()
+                    .map(crate::bundle::HostDevice::stat)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| RunError::Other(format!("container {}: {e}", c.name)))?,
             };
             let config = build_config(c, &img, &ctx)?;
             let bundle = self.store.path("bundles").join(rev).join(&c.name);

@@ -206,10 +206,18 @@ async fn the_device_policy_refuses_what_it_does_not_allow_before_anything_is_sto
     setuid["allowSetuid"] = json!(true);
     let mut caps = container("app", &image, "exec sleep 1000");
     caps["capabilities"] = json!(["CAP_SYS_ADMIN"]);
+    // A host device the container must be able to open for reading and writing.
+    let mut device = container(
+        "app",
+        &image,
+        "( exec 3<>/dev/fuse ) || exit 7; exec sleep 1000",
+    );
+    device["devices"] = json!([{"path": "/dev/fuse"}]);
     let cases = [
         ("mount", root_mount, "containers[app].mounts[0].source"),
         ("setuid", setuid, "containers[app].allowSetuid"),
         ("caps", caps, "containers[app].capabilities"),
+        ("device", device, "containers[app].devices[0].path"),
     ];
     for (rev, app, field) in &cases {
         let body = state(vec![app.clone()], 20, 1);
@@ -245,7 +253,8 @@ async fn the_device_policy_refuses_what_it_does_not_allow_before_anything_is_sto
     let policy = dev.dir.path().join("policy.json");
     std::fs::write(
         &policy,
-        r#"{"hostPaths": [{"path": "/"}], "setuid": true, "capabilities": ["CAP_SYS_ADMIN"]}"#,
+        r#"{"hostPaths": [{"path": "/"}], "setuid": true, "capabilities": ["CAP_SYS_ADMIN"],
+            "devices": [{"path": "/dev/fuse"}]}"#,
     )
     .unwrap();
     dev.extra_args = vec!["--policy".into(), policy.display().to_string()];
@@ -255,6 +264,16 @@ async fn the_device_policy_refuses_what_it_does_not_allow_before_anything_is_sto
         let p = install_and_run(&c, rev, state(vec![app.clone()], 20, 1)).await;
         assert_eq!(p["status"], "DONE", "{rev}: {p}\n{}", dev.log());
     }
+    // Given read-only, the device opens for reading and not for writing.
+    let mut read_only = container(
+        "app",
+        &image,
+        "( exec 3<>/dev/fuse ) 2>/dev/null && exit 9; ( exec 3</dev/fuse ) || exit 8; \
+         exec sleep 1000",
+    );
+    read_only["devices"] = json!([{"path": "/dev/fuse", "readOnly": true}]);
+    let p = install_and_run(&c, "device-ro", state(vec![read_only], 20, 1)).await;
+    assert_eq!(p["status"], "DONE", "device-ro: {p}\n{}", dev.log());
 }
 
 #[tokio::test]

@@ -214,7 +214,26 @@ pub struct Container {
     /// `/run/edgevisor/files`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files_at: Vec<String>,
+    /// Host device nodes (a serial port, a GPIO chip) the container may use, at the same
+    /// path. The device's policy must allow each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceNode>,
 }
+
+/// A host device node given to a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeviceNode {
+    /// A clean absolute path under `/dev/`, e.g. `/dev/ttyUSB0`. A symlink (such as
+    /// `/dev/serial/by-id/…`) is judged, and given to the container, as the node it leads to.
+    pub path: String,
+    /// Read access only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Most device nodes one container may name.
+pub const MAX_DEVICES: usize = 64;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
@@ -463,6 +482,21 @@ impl State {
                 || c.limits.tmpfs_bytes == Some(0)
             {
                 p.push(format!("{at}: limits must be positive"));
+            }
+            if c.devices.len() > MAX_DEVICES {
+                p.push(format!("{at}: more than {MAX_DEVICES} devices"));
+            }
+            let mut nodes = BTreeSet::new();
+            for d in &c.devices {
+                if !is_clean_abs(&d.path) || !d.path.starts_with("/dev/") {
+                    p.push(format!(
+                        "{at}: device {:?} must be a clean absolute path under /dev/",
+                        d.path
+                    ));
+                }
+                if !nodes.insert(&d.path) {
+                    p.push(format!("{at}: device {} named twice", d.path));
+                }
             }
             let mut caps = BTreeSet::new();
             for cap in &c.capabilities {
