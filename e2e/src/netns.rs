@@ -211,8 +211,12 @@ impl Drop for Lan {
 
 /// `program` to be run in network namespace `netns` (`nsenter --net=/run/netns/<netns>`):
 /// only the network namespace changes; mounts, cgroups and the rest stay the caller's. With no
-/// fork, the child's pid is the program's.
+/// fork, the child's pid is the program's. An empty `netns` is the host's own (a device
+/// reaching a gateway on the host's loopback).
 pub fn in_netns(netns: &str, program: impl AsRef<OsStr>) -> Command {
+    if netns.is_empty() {
+        return Command::new(program);
+    }
     let mut command = Command::new("nsenter");
     command
         .arg(format!("--net=/run/netns/{netns}"))

@@ -1,5 +1,5 @@
 //! The gateway survives hostile clients, against a real replica over TLS: thousands of slow
-//! connections, a body trickled a byte at a time, a stalled body, a second long-poll with the
+//! connections (while a real agent keeps polling), a body trickled a byte at a time, a stalled body, a second long-poll with the
 //! same credential, and a certificate rotated under it.
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 use std::sync::Arc;
@@ -134,11 +134,42 @@ async fn status_line(
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
+/// `edgevisor_gateway_requests_total{route="target",code="204"}`: answered long-polls.
+async fn answered_polls(metrics: &str) -> u64 {
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("edgevisor_gateway_requests_total{route=\"target\",code=\"204\"} ")
+        })
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
 #[tokio::test]
 async fn five_thousand_slow_connections_do_not_take_the_replica_down() {
     let s = Setup::start("slow").await;
     let device = s.enroll("steady").await;
+    // A real device (runtime and agent) on the host's loopback, polling every two seconds.
+    edgevisor_e2e::devices::require_tools().unwrap();
+    let devices = tempfile::tempdir().unwrap();
+    let mut options = edgevisor_e2e::devices::DeviceOptions::new(
+        "agent",
+        "",
+        devices.path(),
+        &s.gw.url,
+        &s.tls.ca_cert,
+        &s.token,
+    );
+    options.agent_args = vec!["--wait-seconds".into(), "2".into()];
+    let mut agent = edgevisor_e2e::devices::RealDevice::start(Env::get(), &options).unwrap();
+    agent.wait_enrolled(Duration::from_secs(60)).unwrap();
     let baseline = s.rss();
+    let polls_before = answered_polls(&s.gw.metrics).await;
     let stop = Arc::new(AtomicBool::new(false));
     let open = Arc::new(AtomicUsize::new(0));
     let peak_open = Arc::new(AtomicUsize::new(0));
@@ -186,12 +217,13 @@ async fn five_thousand_slow_connections_do_not_take_the_replica_down() {
     let took = polled.elapsed();
     peak_rss = peak_rss.max(s.rss());
     let during = open.load(Ordering::Relaxed);
+    let agent_polls = answered_polls(&s.gw.metrics).await - polls_before;
     stop.store(true, Ordering::Relaxed);
     for a in attackers {
         a.abort();
     }
     println!(
-        "slow connections: {} open at the poll, {} at most; gateway RSS {} MiB before, {} MiB at most; the poll took {took:?}",
+        "slow connections: {} open at the poll, {} at most; gateway RSS {} MiB before, {} MiB at most; the poll took {took:?}; the agent's polls answered meanwhile: {agent_polls}",
         during,
         peak_open.load(Ordering::Relaxed),
         baseline >> 20,
@@ -201,6 +233,12 @@ async fn five_thousand_slow_connections_do_not_take_the_replica_down() {
         r.status(),
         StatusCode::NO_CONTENT,
         "the device's poll failed"
+    );
+    // The agent polls every 2 s: during the attack its polls kept being answered.
+    assert!(
+        agent_polls >= 3,
+        "the real agent's polls were answered {agent_polls} times during the attack:\n{}",
+        agent.agent_log_tail(20)
     );
     assert!(
         peak_open.load(Ordering::Relaxed) >= SLOW_CONNECTIONS * 9 / 10,
