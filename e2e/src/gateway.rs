@@ -84,6 +84,37 @@ impl Options {
     }
 }
 
+impl Options {
+    /// A gateway on a free loopback port, serving only `namespace`, enrolling with the token
+    /// Secret `token_secret`: what the gateway tests run.
+    pub fn for_namespace(
+        name: &str,
+        tls: &TlsFiles,
+        namespace: &str,
+        token_secret: &str,
+    ) -> anyhow::Result<Options> {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut options = Options::new(name, listen, tls);
+        options.namespace = Some(namespace.to_string());
+        options.bootstrap_token_secrets = vec![token_secret.to_string()];
+        Ok(options)
+    }
+}
+
+/// Marks the Device `name` revoked, as an operator would (`spec.revoked: true`).
+pub async fn revoke(devices: &Api<edgevisor_crds::Device>, name: &str) -> anyhow::Result<()> {
+    devices
+        .patch(
+            name,
+            &PatchParams::apply("e2e-operator"),
+            &Patch::Apply(serde_json::json!({"apiVersion": "edgevisor.dev/v1alpha1",
+                "kind": "Device", "spec": {"revoked": true}})),
+        )
+        .await
+        .with_context(|| format!("revoking {name}"))?;
+    Ok(())
+}
+
 /// A running gateway; killed when dropped.
 pub struct Gateway {
     process: Managed,
@@ -147,6 +178,13 @@ impl Gateway {
         };
         gateway.wait_listening(Duration::from_secs(60))?;
         Ok(gateway)
+    }
+
+    /// Starts it and waits until its caches are synced (`/readyz`).
+    pub async fn start_ready(env: &Env, options: &Options) -> anyhow::Result<Gateway> {
+        let gw = Gateway::start(env, options)?;
+        crate::measure::wait_ready(&gw.metrics, Duration::from_secs(60), || gw.log_tail()).await?;
+        Ok(gw)
     }
 
     /// Waits until the gateway accepts TCP connections on its listen address.

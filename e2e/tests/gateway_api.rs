@@ -7,8 +7,6 @@ use base64::Engine as _;
 use edgevisor_crds::{Device, FleetRevision, UpdateStatus};
 use edgevisor_e2e::Env;
 use edgevisor_e2e::gateway::{self, BootstrapToken, Gateway};
-use edgevisor_e2e::measure::wait_ready;
-use edgevisor_e2e::process::free_port;
 use edgevisor_protocol::gateway::{
     ContainerReport, DeviceReport, EnrollResponse, Target, UpdateReport,
 };
@@ -104,16 +102,8 @@ async fn the_device_api_admits_serves_and_refuses_as_it_must() {
     gateway::apply_bootstrap_token(&client, &token)
         .await
         .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port().unwrap())
-        .parse()
-        .unwrap();
-    let mut options = gateway::Options::new("api", listen, &tls);
-    options.namespace = Some(ns.clone());
-    options.bootstrap_token_secrets = vec![token.secret.clone()];
-    let gw = Gateway::start(env, &options).unwrap();
-    wait_ready(&gw.metrics, Duration::from_secs(60), || gw.log_tail())
-        .await
-        .unwrap();
+    let options = gateway::Options::for_namespace("api", &tls, &ns, &token.secret).unwrap();
+    let gw = Gateway::start_ready(env, &options).await.unwrap();
     let http = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&tls.ca_pem().unwrap()).unwrap()])
         .build()
@@ -457,17 +447,7 @@ async fn the_device_api_admits_serves_and_refuses_as_it_must() {
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    devices
-        .patch(
-            "pre",
-            &PatchParams::apply("e2e-operator"),
-            &Patch::Apply(
-                json!({"apiVersion": "edgevisor.dev/v1alpha1", "kind": "Device",
-                "spec": {"revoked": true}}),
-            ),
-        )
-        .await
-        .unwrap();
+    gateway::revoke(&devices, "pre").await.unwrap();
     let revoked_at = Instant::now();
     assert_eq!(waiting.await.unwrap().unwrap(), StatusCode::FORBIDDEN);
     assert!(revoked_at.elapsed() < Duration::from_secs(3));

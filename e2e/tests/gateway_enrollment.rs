@@ -3,13 +3,10 @@
 //! lost only sometimes fails the test; an expired token cannot re-enroll a revoked device; a
 //! token cannot adopt a Device its operator did not hand to it.
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use edgevisor_crds::Device;
 use edgevisor_e2e::Env;
 use edgevisor_e2e::gateway::{self, BootstrapToken, Gateway};
-use edgevisor_e2e::measure::wait_ready;
-use edgevisor_e2e::process::free_port;
 use edgevisor_protocol::gateway::EnrollResponse;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Secret;
@@ -81,17 +78,8 @@ async fn enrollment_is_exact_under_races_across_two_replicas() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &token.namespace);
     let mut gateways = Vec::new();
     for replica in ["races-a", "races-b"] {
-        let listen = format!("127.0.0.1:{}", free_port().unwrap())
-            .parse()
-            .unwrap();
-        let mut options = gateway::Options::new(replica, listen, &tls);
-        options.namespace = Some(ns.clone());
-        options.bootstrap_token_secrets = vec![token.secret.clone()];
-        let gw = Gateway::start(env, &options).unwrap();
-        wait_ready(&gw.metrics, Duration::from_secs(60), || gw.log_tail())
-            .await
-            .unwrap();
-        gateways.push(gw);
+        let options = gateway::Options::for_namespace(replica, &tls, &ns, &token.secret).unwrap();
+        gateways.push(Gateway::start_ready(env, &options).await.unwrap());
     }
     let replicas = Replicas {
         urls: gateways.iter().map(|g| g.url.clone()).collect(),
@@ -203,17 +191,7 @@ async fn enrollment_is_exact_under_races_across_two_replicas() {
         .unwrap();
     let (code, first) = replicas.enroll(0, &token.token, "revoked").await;
     assert_eq!(code, StatusCode::CREATED, "{first}");
-    devices
-        .patch(
-            "revoked",
-            &PatchParams::apply("e2e-operator"),
-            &Patch::Apply(
-                json!({"apiVersion": "edgevisor.dev/v1alpha1", "kind": "Device",
-                "spec": {"revoked": true}}),
-            ),
-        )
-        .await
-        .unwrap();
+    gateway::revoke(&devices, "revoked").await.unwrap();
     let before = stored_hash(&devices.get("revoked").await.unwrap());
     token.expiration = Some("2020-01-01T00:00:00Z".into());
     gateway::apply_bootstrap_token(&client, &token)

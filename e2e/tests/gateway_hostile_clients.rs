@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use edgevisor_e2e::Env;
 use edgevisor_e2e::gateway::{self, BootstrapToken, Gateway};
-use edgevisor_e2e::measure::{rss_bytes, wait_ready};
-use edgevisor_e2e::process::free_port;
+use edgevisor_e2e::measure::rss_bytes;
 use edgevisor_e2e::tls::TlsFiles;
 use edgevisor_protocol::gateway::EnrollResponse;
 use reqwest::StatusCode;
@@ -46,20 +45,12 @@ impl Setup {
         gateway::apply_bootstrap_token(&client, &token)
             .await
             .unwrap();
-        let listen = format!("127.0.0.1:{}", free_port().unwrap())
-            .parse()
-            .unwrap();
-        let mut options = gateway::Options::new(name, listen, &tls);
-        options.namespace = Some(ns.clone());
-        options.bootstrap_token_secrets = vec![token.secret.clone()];
+        let mut options = gateway::Options::for_namespace(name, &tls, &ns, &token.secret).unwrap();
         options.args = vec![
             "--client-timeout-seconds".into(),
             CLIENT_TIMEOUT_SECONDS.to_string(),
         ];
-        let gw = Gateway::start(env, &options).unwrap();
-        wait_ready(&gw.metrics, Duration::from_secs(60), || gw.log_tail())
-            .await
-            .unwrap();
+        let gw = Gateway::start_ready(env, &options).await.unwrap();
         let http = reqwest::Client::builder()
             .tls_certs_only([reqwest::Certificate::from_pem(&tls.ca_pem().unwrap()).unwrap()])
             .timeout(Duration::from_secs(90))
