@@ -30,13 +30,38 @@ pub fn phase_conditions(phase: &Phase, plan: &Plan, steps: usize) -> Vec<Cond> {
     let step_of = |step: usize| format!("step {} of {}", step + 1, steps);
     let (ready, reconciling, progressing, stalled, aborted): (Cond, Cond, Cond, Cond, Cond) =
         match phase {
-            Phase::Progressing => (
-                (READY, false, "RollingOut", progress.clone()),
-                (RECONCILING, true, "RollingOut", progress.clone()),
-                (PROGRESSING, true, "RollingOut", progress.clone()),
-                (STALLED, false, "RollingOut", String::new()),
-                (ROLLOUT_ABORTED, false, "RollingOut", String::new()),
-            ),
+            Phase::Progressing => match plan.stalled_for {
+                None => (
+                    (READY, false, "RollingOut", progress.clone()),
+                    (RECONCILING, true, "RollingOut", progress.clone()),
+                    (PROGRESSING, true, "RollingOut", progress.clone()),
+                    (STALLED, false, "RollingOut", String::new()),
+                    (ROLLOUT_ABORTED, false, "RollingOut", String::new()),
+                ),
+                // As a Deployment past its progress deadline: said, not aborted.
+                Some(quiet) => {
+                    let m = format!(
+                        "no progress for {quiet}s (progressDeadlineSeconds); {progress}{}",
+                        if plan.failed_devices.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; failed: {}", names(&plan.failed_devices, c.failed))
+                        }
+                    );
+                    (
+                        (READY, false, "ProgressDeadlineExceeded", m.clone()),
+                        (RECONCILING, true, "ProgressDeadlineExceeded", m.clone()),
+                        (PROGRESSING, false, "ProgressDeadlineExceeded", m.clone()),
+                        (STALLED, true, "ProgressDeadlineExceeded", m),
+                        (
+                            ROLLOUT_ABORTED,
+                            false,
+                            "ProgressDeadlineExceeded",
+                            String::new(),
+                        ),
+                    )
+                }
+            },
             Phase::Paused { step, remaining } => {
                 let m = format!(
                     "paused after {} for {remaining}s more; {progress}",
@@ -75,11 +100,24 @@ pub fn phase_conditions(phase: &Phase, plan: &Plan, steps: usize) -> Vec<Cond> {
                 )
             }
             Phase::Complete => {
-                let m = format!(
-                    "all {} targetable devices run {}",
+                let mut m = format!(
+                    "{} devices run {}",
                     c.updated,
                     plan.memory.revision.as_deref().unwrap_or_default()
                 );
+                if c.failed > 0 {
+                    m.push_str(&format!(
+                        "; {} failed (below the threshold): {}",
+                        c.failed,
+                        names(&plan.failed_devices, c.failed)
+                    ));
+                }
+                if !plan.skipped_offline.is_empty() {
+                    m.push_str(&format!(
+                        "; offline, to catch up when back: {}",
+                        plan.skipped_offline.join(", ")
+                    ));
+                }
                 (
                     (READY, true, "RolloutComplete", m.clone()),
                     (RECONCILING, false, "RolloutComplete", String::new()),
@@ -90,9 +128,10 @@ pub fn phase_conditions(phase: &Phase, plan: &Plan, steps: usize) -> Vec<Cond> {
             }
             Phase::Aborted => {
                 let m = format!(
-                    "rollout of {} aborted: {} devices failed; {}",
+                    "rollout of {} aborted: {} devices failed ({}); {}",
                     plan.memory.revision.as_deref().unwrap_or_default(),
                     c.failed,
+                    names(&plan.failed_devices, c.failed),
                     match &plan.stable_revision {
                         Some(stable) =>
                             format!("devices go back to {stable} when autoRollback is on"),
@@ -109,6 +148,15 @@ pub fn phase_conditions(phase: &Phase, plan: &Plan, steps: usize) -> Vec<Cond> {
             }
         };
     vec![ready, reconciling, progressing, stalled, aborted]
+}
+
+/// `a, b, c` and, past the names kept, how many more.
+fn names(shown: &[String], total: usize) -> String {
+    let mut out = shown.join(", ");
+    if total > shown.len() {
+        out.push_str(&format!(" and {} more", total - shown.len()));
+    }
+    out
 }
 
 /// The conditions of a Fleet that cannot be rendered (a registry error, a bad template).
@@ -185,6 +233,19 @@ pub fn fleet_status(
             .pause_started_at
             .and_then(|s| Timestamp::from_second(s).ok())
             .map(Time),
+        last_progress_time: plan
+            .memory
+            .progress
+            .as_ref()
+            .and_then(|(_, at)| Timestamp::from_second(*at).ok())
+            .map(Time),
+        progress_mark: plan.memory.progress.as_ref().map(|(mark, _)| mark.clone()),
+        retry_attempt: plan.memory.retry_attempt,
+        failures_since: plan
+            .memory
+            .failures_since
+            .and_then(|s| Timestamp::from_second(s).ok())
+            .map(Time),
         devices: n(c.devices),
         updated: n(c.updated),
         ready: n(c.ready),
@@ -209,12 +270,15 @@ mod tests {
 
     fn plan(phase: Phase) -> Plan {
         Plan {
+            failed_devices: vec![],
+            skipped_offline: vec![],
             retarget: vec![],
             memory: RolloutMemory {
                 revision: Some("f-0123456789".into()),
                 step: 1,
                 pause_started_at: None,
                 aborted: false,
+                ..RolloutMemory::default()
             },
             phase,
             stable_revision: Some("f-aaaaaaaaaa".into()),
@@ -225,6 +289,7 @@ mod tests {
                 ..Counts::default()
             },
             requeue_after: None,
+            stalled_for: None,
         }
     }
 
@@ -256,8 +321,32 @@ mod tests {
         assert_eq!(get(&s.conditions, READY).status, "True");
         assert_eq!(get(&s.conditions, RECONCILING).status, "False");
         assert_eq!(s.current_step.as_deref(), Some("done"));
+        // Complete with failures below the threshold and devices skipped while offline: both
+        // named in the message a user reads.
+        let mut partial = plan(Phase::Complete);
+        partial.counts.failed = 12;
+        partial.failed_devices = (0..10).map(|i| format!("kiosk-{i}")).collect();
+        partial.skipped_offline = vec!["kiosk-99".into()];
+        let s = fleet_status(None, &partial, 3, vec![], Some(4), now);
+        let ready = get(&s.conditions, READY);
+        assert_eq!(ready.status, "True");
+        assert!(
+            ready
+                .message
+                .contains("12 failed (below the threshold): kiosk-0, kiosk-1")
+                && ready.message.contains("kiosk-9 and 2 more")
+                && ready
+                    .message
+                    .contains("offline, to catch up when back: kiosk-99"),
+            "{}",
+            ready.message
+        );
 
-        let s = fleet_status(None, &plan(Phase::Aborted), 3, vec![], Some(4), now);
+        let mut aborted = plan(Phase::Aborted);
+        aborted.counts.failed = 1;
+        aborted.failed_devices = vec!["kiosk-3".into()];
+        let s = fleet_status(None, &aborted, 3, vec![], Some(4), now);
+        assert!(get(&s.conditions, STALLED).message.contains("(kiosk-3)"));
         assert_eq!(get(&s.conditions, STALLED).status, "True");
         assert_eq!(get(&s.conditions, ROLLOUT_ABORTED).status, "True");
         assert_eq!(

@@ -103,8 +103,19 @@ pub struct FleetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<Resume>,
 
+    /// Stops the rollout of the named revision now; with `autoRollback` its devices go back to
+    /// the stable revision at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<Abort>,
+
+    /// Runs an aborted revision again from step 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+
     /// Roll the fleet to this retained FleetRevision instead of the template's: back to an older
-    /// one or forward to a newer one. Remove it to follow the template again.
+    /// one or forward to a newer one (`kubectl edgevisor rollout undo`). A revision that already
+    /// ran on the whole fleet goes back at once, without steps or pauses. Remove it to follow
+    /// the template again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new(crate::common::REVISION_NAME_RULE).message(crate::common::REVISION_NAME_MESSAGE))]
     #[schemars(length(max = 253))]
@@ -117,16 +128,43 @@ pub struct FleetSpec {
     pub revision_history_limit: Option<i32>,
 }
 
-/// Approval to continue a paused rollout step.
+/// Approval to continue a paused rollout step (`kubectl edgevisor rollout promote`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Resume {
     /// The update revision whose rollout may continue.
     #[schemars(length(max = 253))]
     pub revision: String,
-    /// The index of the step whose pause ends.
+    /// The index of the step whose pause ends, timed or until resumed.
     #[schemars(range(min = 0, max = 31))]
     pub step: i32,
+    /// Skip every remaining step and pause: the rest of the fleet follows at once, within
+    /// `maxUnavailable`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
+}
+
+/// Stop the rollout of a revision now (`kubectl edgevisor rollout abort`). It has effect only
+/// while that revision is the update revision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Abort {
+    /// The update revision to abort.
+    #[schemars(length(max = 253))]
+    pub revision: String,
+}
+
+/// Run an aborted revision again from step 0, forgetting the failures of the aborted try
+/// (`kubectl edgevisor rollout retry`). Raise `attempt` to retry again.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    /// The update revision to retry.
+    #[schemars(length(max = 253))]
+    pub revision: String,
+    /// Which try this is: a retry with an attempt the status has already seen does nothing.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub attempt: i32,
 }
 
 /// What a device runs: a set of containers and the files delivered with them.
@@ -462,11 +500,20 @@ pub struct RolloutStrategy {
     #[serde(default = "default_true")]
     pub auto_rollback: bool,
 
-    /// Seconds a device has to finish its update (or come back online) before it counts as
-    /// failed. Defaults to 600.
+    /// Seconds the rollout may go without progress (a device starting, advancing or
+    /// succeeding, or a step passing) before the Fleet says so: `Stalled=True`, reason
+    /// `ProgressDeadlineExceeded`. It does not abort, and clears when progress resumes.
+    /// Defaults to 600.
     #[serde(default = "default_progress_deadline")]
     #[schemars(range(min = 10, max = 86400))]
     pub progress_deadline_seconds: i32,
+
+    /// Seconds a device has to finish its update after it started (or was targeted, if it
+    /// never started) before it counts as failed and gives its place to the next device.
+    /// Defaults to 3600.
+    #[serde(default = "default_device_timeout")]
+    #[schemars(range(min = 10, max = 604800))]
+    pub device_timeout_seconds: i32,
 }
 
 fn default_max_unavailable() -> IntOrString {
@@ -481,6 +528,9 @@ fn default_true() -> bool {
 fn default_progress_deadline() -> i32 {
     600
 }
+fn default_device_timeout() -> i32 {
+    3600
+}
 
 impl Default for RolloutStrategy {
     fn default() -> Self {
@@ -490,6 +540,7 @@ impl Default for RolloutStrategy {
             failure_threshold: default_failure_threshold(),
             auto_rollback: true,
             progress_deadline_seconds: default_progress_deadline(),
+            device_timeout_seconds: default_device_timeout(),
         }
     }
 }
@@ -569,6 +620,19 @@ pub struct FleetStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub architectures: Vec<ArchitectureCounts>,
+    /// When the rollout last made progress; `Stalled` follows `progressDeadlineSeconds` after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// What the rollout looked like at `lastProgressTime` (opaque: a change is progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub progress_mark: Option<String>,
+    /// The last `spec.retry.attempt` acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_attempt: Option<i32>,
+    /// Since when failures count: the start of the last retry (failures before it are forgotten).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures_since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// `Ready`, `Reconciling`, `Stalled`, `Progressing`, `RolloutAborted`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]

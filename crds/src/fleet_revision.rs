@@ -180,6 +180,10 @@ pub struct FleetRevisionStatus {
     /// Devices whose target is this revision.
     #[serde(default)]
     pub devices: i32,
+    /// When a rollout of this revision first reached every device of its fleet: going back to
+    /// it later (`rollbackTo`, undo) is fast-tracked, without steps or pauses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// `Ready` once rendered and in use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]

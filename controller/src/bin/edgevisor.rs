@@ -16,7 +16,6 @@ async fn main() -> anyhow::Result<()> {
     // reqwest is built without a crypto provider of its own: use the one kube uses.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let command = Cli::parse().command;
-    raise_open_files_limit();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
@@ -59,19 +58,6 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Each device connection is a file descriptor: a gateway replica holds tens of thousands, more
-/// than the usual soft limit of 1024. Raised to the hard limit the runtime allows (as Go does).
-fn raise_open_files_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum {
-        limit.current = limit.maximum;
-        if let Err(error) = setrlimit(Resource::Nofile, limit) {
-            tracing::warn!(%error, "could not raise the open files limit");
-        }
-    }
 }
 
 async fn shutdown_signal() {

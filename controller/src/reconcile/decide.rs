@@ -137,7 +137,14 @@ pub fn events(
     match &plan.phase {
         Phase::Complete if old_ready_reason != "RolloutComplete" => out.push(Note::normal(
             "RolloutComplete",
-            format!("every device runs {update}"),
+            match (plan.counts.failed, plan.skipped_offline.len()) {
+                (0, 0) => format!("every device runs {update}"),
+                (failed, offline) => format!(
+                    "{update} reached the fleet: {} devices run it, {failed} failed, {offline} \
+                     offline will catch up",
+                    plan.counts.updated
+                ),
+            },
         )),
         Phase::Aborted if old_ready_reason != "RolloutAborted" => out.push(Note::warning(
             "RolloutAborted",
@@ -146,6 +153,17 @@ pub fn events(
                 plan.counts.failed
             ),
         )),
+        Phase::Progressing
+            if plan.stalled_for.is_some() && old_ready_reason != "ProgressDeadlineExceeded" =>
+        {
+            out.push(Note::warning(
+                "ProgressDeadlineExceeded",
+                format!(
+                    "{update}: no progress for {}s; the rollout goes on if devices move",
+                    plan.stalled_for.unwrap_or_default()
+                ),
+            ))
+        }
         Phase::WaitingForResume { step } if old_ready_reason != "WaitingForResume" => {
             out.push(Note::normal(
                 "WaitingForResume",

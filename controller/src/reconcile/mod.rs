@@ -16,6 +16,7 @@ use edgevisor_crds::fleet_revision::{FleetRevisionSpec, FleetRevisionStatus};
 use edgevisor_crds::{Architecture, Device, Fleet, FleetRevision};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -176,6 +177,12 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
         strategy: &fleet.spec.strategy,
         paused: fleet.spec.paused,
         resume: fleet.spec.resume.as_ref(),
+        abort: fleet.spec.abort.as_ref(),
+        retry: fleet.spec.retry.as_ref(),
+        fast_track: update
+            .status
+            .as_ref()
+            .is_some_and(|s| s.completed_at.is_some()),
         update_revision: &update_name,
         stable_revision: old.and_then(|s| s.stable_revision.as_deref()),
         supported: &supported,
@@ -259,6 +266,12 @@ fn memory_of(status: Option<&FleetStatus>, steps: usize) -> RolloutMemory {
         step,
         pause_started_at: status.pause_started_at.as_ref().map(|t| t.0.as_second()),
         aborted,
+        retry_attempt: status.retry_attempt,
+        failures_since: status.failures_since.as_ref().map(|t| t.0.as_second()),
+        progress: status
+            .progress_mark
+            .clone()
+            .zip(status.last_progress_time.as_ref().map(|t| t.0.as_second())),
     }
 }
 
@@ -565,6 +578,7 @@ async fn tidy_revisions(
     stable: Option<&str>,
 ) -> Result<(), Error> {
     let api: Api<FleetRevision> = Api::namespaced(ctx.client.clone(), ns);
+    let now = Timestamp::now();
     let names: Vec<String> = revisions.iter().map(|r| r.name_any()).collect();
     let counts = decide::device_counts(names.iter().map(String::as_str), devices);
     for (revision, name) in revisions.iter().zip(&names) {
@@ -573,6 +587,13 @@ async fn tidy_revisions(
             observed_generation: revision.meta().generation,
             architectures: Some(revision.spec.architectures_label()),
             devices: i32::try_from(count).unwrap_or(i32::MAX),
+            // Once stable, a revision has reached the whole fleet: going back to it later is
+            // fast-tracked.
+            completed_at: revision
+                .status
+                .as_ref()
+                .and_then(|s| s.completed_at.clone())
+                .or_else(|| (stable == Some(name.as_str())).then_some(Time(now))),
             conditions: revision
                 .status
                 .as_ref()

@@ -7,14 +7,21 @@
 //! - *in flight*: a device whose target differs from what it runs and whose update has not
 //!   failed; it is unavailable, and counts against `maxUnavailable` whatever revision it is
 //!   going to.
-//! - *failed*: its update to the update revision ended in `WONTGO`/`ERROR`, or, while targeted
-//!   to it, did not end within `progressDeadlineSeconds` of its start (or of being targeted, for
-//!   a device that never started: an offline device).
+//! - *failed*: its latest result for the update revision is `WONTGO`/`ERROR` (a device that
+//!   later succeeds, or is trying again, is not failed), or, while targeted to it, it did not
+//!   end within `progressDeadlineSeconds` of its start (or of being targeted, for a device that
+//!   never started). A failed device has *finished* its part: it frees its `maxUnavailable`
+//!   slot, counts toward a step's goal like a device that succeeded, and never holds up
+//!   completion; only the failure threshold stops the rollout.
+//! - *skipped*: offline when its turn comes. It is not started, and the rollout completes
+//!   without it; when it comes back it catches up (within `maxUnavailable`).
+//! - *joined*: a targetable device that has never had a target. While the rollout is paused,
+//!   waiting or aborted it gets the stable revision at once; otherwise its turn comes.
 //! - *canary order*: devices sorted by a stable hash of their name, so the same devices go first
 //!   in every rollout of every fleet revision.
 use std::collections::BTreeSet;
 
-use edgevisor_crds::fleet::{Resume, RolloutStrategy};
+use edgevisor_crds::fleet::{Abort, Resume, Retry, RolloutStrategy};
 use edgevisor_crds::{Architecture, UpdateStatus};
 
 use super::sizes::{Round, resolve};
@@ -26,8 +33,16 @@ pub struct FleetView<'a> {
     pub strategy: &'a RolloutStrategy,
     /// `spec.paused`: nothing moves.
     pub paused: bool,
-    /// `spec.resume`: lets a pause `untilResumed` end.
+    /// `spec.resume`: ends the pause of the step it names (timed or until resumed); with
+    /// `full`, every remaining step.
     pub resume: Option<&'a Resume>,
+    /// `spec.abort`: stops the rollout of the revision it names.
+    pub abort: Option<&'a Abort>,
+    /// `spec.retry`: runs the revision it names again from step 0.
+    pub retry: Option<&'a Retry>,
+    /// The update revision already reached the whole fleet once (going back to it): no steps,
+    /// no pauses, no `maxUnavailable`, as an abort's way back.
+    pub fast_track: bool,
     /// The revision being rolled out (the template's, or `rollbackTo`).
     pub update_revision: &'a str,
     /// The last revision that reached every targetable device; where auto-rollback goes.
@@ -50,6 +65,12 @@ pub struct RolloutMemory {
     pub pause_started_at: Option<i64>,
     /// The failure threshold was crossed: no device gets the update revision any more.
     pub aborted: bool,
+    /// The last `spec.retry.attempt` acted on.
+    pub retry_attempt: Option<i32>,
+    /// Failures before this time (seconds since the epoch) are forgotten: the last retry.
+    pub failures_since: Option<i64>,
+    /// What the rollout looked like when it last made progress ([`progress_mark`]), and when.
+    pub progress: Option<(String, i64)>,
 }
 
 /// A device's latest update, as it reported it.
@@ -122,9 +143,17 @@ pub struct Counts {
     pub unsupported: usize,
 }
 
+/// At most this many device names are kept in a plan's lists (they go into messages).
+pub const NAMES_SHOWN: usize = 10;
+
 /// What to do now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// Devices whose update to the update revision failed (the first [`NAMES_SHOWN`], in name
+    /// order).
+    pub failed_devices: Vec<String>,
+    /// Devices skipped because they are offline (the first [`NAMES_SHOWN`], in name order).
+    pub skipped_offline: Vec<String>,
     /// New targets, `(device, revision)`, in canary order.
     pub retarget: Vec<(String, String)>,
     /// What to remember.
@@ -137,6 +166,8 @@ pub struct Plan {
     pub counts: Counts,
     /// Plan again after this many seconds even if nothing changes (a pause or a deadline ends).
     pub requeue_after: Option<i64>,
+    /// Moving, but nothing has progressed for `progressDeadlineSeconds`: how long, in seconds.
+    pub stalled_for: Option<i64>,
 }
 
 #[cfg(test)]
@@ -178,51 +209,188 @@ impl DeviceView {
     fn targetable(&self, fleet: &FleetView<'_>) -> bool {
         self.supported(fleet) && self.pinned.is_none() && !self.paused && !self.revoked
     }
+}
 
-    /// Its update towards `revision` ended in failure.
-    fn reported_failure(&self, revision: &str) -> bool {
-        self.update
-            .as_ref()
-            .is_some_and(|u| u.revision == revision && u.status.is_failure())
-            || self.failed_revisions.iter().any(|r| r == revision)
+/// How devices' updates are judged in one plan: against the per-device timeout, the time now,
+/// and the last retry (failures before it are forgotten).
+#[derive(Clone, Copy, Debug)]
+pub struct Judge {
+    /// `deviceTimeoutSeconds`.
+    pub timeout: i64,
+    pub now: i64,
+    /// `RolloutMemory::failures_since`.
+    pub since: Option<i64>,
+}
+
+impl Judge {
+    /// Its latest result for `revision` is a failure: the update it reports, when that is about
+    /// `revision`, else its history (a device sent back after failing still counts). A device
+    /// that runs `revision` now has not failed it; after a retry only results of updates started
+    /// since count.
+    pub fn reported_failure(&self, d: &DeviceView, revision: &str) -> bool {
+        if d.current.as_deref() == Some(revision) {
+            return false;
+        }
+        match (&d.update, self.since) {
+            (Some(u), None) if u.revision == revision => u.status.is_failure(),
+            (Some(u), Some(since)) if u.revision == revision => {
+                u.status.is_failure() && u.started_at.is_some_and(|t| t >= since)
+            }
+            (_, None) => d.failed_revisions.iter().any(|r| r == revision),
+            (_, Some(_)) => false,
+        }
     }
 
-    fn in_flight(&self) -> bool {
-        match &self.target {
-            Some(target) => self.current.as_ref() != Some(target) && !self.reported_failure(target),
+    /// On its way to its target: not there and not failed there.
+    pub fn in_flight(&self, d: &DeviceView) -> bool {
+        match &d.target {
+            Some(target) => d.current.as_ref() != Some(target) && !self.reported_failure(d, target),
             None => false,
         }
     }
 
     /// Seconds left before its update to `revision` counts as failed for taking too long.
-    fn deadline_left(&self, revision: &str, deadline: i64, now: i64) -> Option<i64> {
-        if self.target.as_deref() != Some(revision) || !self.in_flight() {
+    pub fn time_left(&self, d: &DeviceView, revision: &str) -> Option<i64> {
+        if d.target.as_deref() != Some(revision) || !self.in_flight(d) {
             return None;
         }
-        let started = self
+        let started = d
             .update
             .as_ref()
             .filter(|u| u.revision == revision)
             .and_then(|u| u.started_at)
-            .or(self.targeted_at)?;
-        Some(started + deadline - now)
+            .or(d.targeted_at)?;
+        let started = self.since.map_or(started, |since| started.max(since));
+        Some(started + self.timeout - self.now)
     }
 
-    /// Its update to `revision` failed: reported so (even after it was sent elsewhere, so an
-    /// aborted rollout still counts the failures that stopped it), or out of time.
-    fn failed(&self, revision: &str, deadline: i64, now: i64) -> bool {
-        self.reported_failure(revision)
-            || self
-                .deadline_left(revision, deadline, now)
-                .is_some_and(|left| left <= 0)
+    /// Its update to `revision` failed: reported so, or out of time.
+    pub fn failed(&self, d: &DeviceView, revision: &str) -> bool {
+        self.reported_failure(d, revision)
+            || self.time_left(d, revision).is_some_and(|left| left <= 0)
     }
+
+    /// In flight and within its time: it holds a `maxUnavailable` slot. A device out of time
+    /// has failed and gives its slot back.
+    pub fn occupying(&self, d: &DeviceView) -> bool {
+        let Some(target) = d.target.as_deref() else {
+            return false;
+        };
+        self.in_flight(d) && self.time_left(d, target).is_none_or(|left| left > 0)
+    }
+}
+
+/// What counts as progress, as a short string: the step, and each device on its way to (or
+/// at) the update revision with the status it reports. A device starting, advancing or
+/// succeeding changes it; a device failing does not (failing is not progress).
+pub fn progress_mark(step: usize, update: &str, judge: &Judge, devices: &[&DeviceView]) -> String {
+    let mut parts: Vec<String> = devices
+        .iter()
+        .filter(|d| d.target.as_deref() == Some(update) || d.current.as_deref() == Some(update))
+        .filter(|d| !judge.failed(d, update))
+        .map(|d| {
+            let at = if d.current.as_deref() == Some(update) {
+                "done".to_string()
+            } else {
+                d.update
+                    .as_ref()
+                    .filter(|u| u.revision == update)
+                    .map(|u| format!("{:?}", u.status))
+                    .unwrap_or_default()
+            };
+            format!("{}={at}", d.name)
+        })
+        .collect();
+    parts.sort_unstable();
+    let text = format!("{step}|{}", parts.join(","));
+    format!("{:016x}", canary_key(&text))
 }
 
 /// Decides the next moves of a rollout. Pure: the same inputs give the same plan.
 pub fn plan(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceView]) -> Plan {
+    let mut plan = plan_moves(fleet, memory, devices);
+    give_joined_the_stable_revision(fleet, devices, &mut plan);
+    track_progress(fleet, devices, &mut plan);
+    plan
+}
+
+/// Notes progress, and says when a moving rollout has had none for `progressDeadlineSeconds`.
+/// Waiting (a pause, a resume, a held fleet) is not a stall; nor is an end.
+fn track_progress(fleet: &FleetView<'_>, devices: &[DeviceView], plan: &mut Plan) {
+    let judge = Judge {
+        timeout: i64::from(fleet.strategy.device_timeout_seconds.max(1)),
+        now: fleet.now,
+        since: plan.memory.failures_since,
+    };
+    // The fleet as this plan leaves it: its new targets count as already given, so the next
+    // plan does not see them as progress a second time.
+    let after: Vec<DeviceView> = devices
+        .iter()
+        .filter(|d| d.targetable(fleet))
+        .map(|d| {
+            let mut d = d.clone();
+            if let Some((_, revision)) = plan.retarget.iter().find(|(name, _)| *name == d.name) {
+                d.target = Some(revision.clone());
+            }
+            d
+        })
+        .collect();
+    let after: Vec<&DeviceView> = after.iter().collect();
+    let mark = progress_mark(plan.memory.step, fleet.update_revision, &judge, &after);
+    let since = match &plan.memory.progress {
+        Some((old, at)) if *old == mark => *at,
+        _ => fleet.now,
+    };
+    plan.memory.progress = Some((mark, since));
+    if plan.phase != Phase::Progressing {
+        return;
+    }
+    let deadline = i64::from(fleet.strategy.progress_deadline_seconds.max(1));
+    let quiet = fleet.now - since;
+    if quiet >= deadline {
+        plan.stalled_for = Some(quiet);
+    } else {
+        let left = deadline - quiet;
+        plan.requeue_after = Some(plan.requeue_after.map_or(left, |r| r.min(left)));
+    }
+}
+
+/// Devices that never had a target get the stable revision while the rollout does not move
+/// (paused, waiting, aborted), rather than nothing until it moves again.
+fn give_joined_the_stable_revision(fleet: &FleetView<'_>, devices: &[DeviceView], plan: &mut Plan) {
+    if matches!(plan.phase, Phase::Progressing | Phase::Complete) {
+        return;
+    }
+    let Some(stable) = plan
+        .stable_revision
+        .clone()
+        .filter(|s| s != fleet.update_revision)
+    else {
+        return;
+    };
+    for d in devices {
+        if d.target.is_none()
+            && d.targetable(fleet)
+            && !plan.retarget.iter().any(|(name, _)| *name == d.name)
+        {
+            plan.retarget.push((d.name.clone(), stable.clone()));
+        }
+    }
+}
+
+/// The first [`NAMES_SHOWN`] names, sorted.
+fn shown<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut all: Vec<&str> = names.collect();
+    all.sort_unstable();
+    all.into_iter()
+        .take(NAMES_SHOWN)
+        .map(str::to_owned)
+        .collect()
+}
+
+fn plan_moves(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceView]) -> Plan {
     let update = fleet.update_revision;
     let strategy = fleet.strategy;
-    let deadline = i64::from(strategy.progress_deadline_seconds.max(1));
     let now = fleet.now;
 
     // Memory of another revision is about another rollout.
@@ -234,16 +402,56 @@ pub fn plan(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceView
             ..RolloutMemory::default()
         }
     };
+    // A retry not acted on yet: from step 0, the failures so far forgotten.
+    if let Some(retry) = fleet.retry.filter(|r| r.revision == update)
+        && memory.retry_attempt.is_none_or(|seen| retry.attempt > seen)
+    {
+        memory = RolloutMemory {
+            revision: Some(update.to_string()),
+            retry_attempt: Some(retry.attempt),
+            failures_since: Some(now),
+            ..RolloutMemory::default()
+        };
+    }
+    let judge = Judge {
+        timeout: i64::from(strategy.device_timeout_seconds.max(1)),
+        now,
+        since: memory.failures_since,
+    };
 
     let targetable: Vec<&DeviceView> = devices.iter().filter(|d| d.targetable(fleet)).collect();
     let size = devices
         .iter()
         .filter(|d| d.supported(fleet) && d.pinned.is_none())
         .count();
-    let failed = targetable
+    let failed_devices: Vec<&&DeviceView> = targetable
         .iter()
-        .filter(|d| d.failed(update, deadline, now))
+        .filter(|d| judge.failed(d, update))
+        .collect();
+    let failed = failed_devices.len();
+    let succeeded = targetable
+        .iter()
+        .filter(|d| d.current.as_deref() == Some(update))
         .count();
+    // Finished: succeeded or failed. Remaining: neither, and not on its way.
+    let finished = succeeded + failed;
+    let remaining: Vec<&&DeviceView> = targetable
+        .iter()
+        .filter(|d| {
+            d.current.as_deref() != Some(update)
+                && !judge.failed(d, update)
+                && d.target.as_deref() != Some(update)
+        })
+        .collect();
+    let on_the_way = targetable
+        .iter()
+        .filter(|d| {
+            d.target.as_deref() == Some(update)
+                && d.current.as_deref() != Some(update)
+                && !judge.failed(d, update)
+        })
+        .count();
+    let skipped: Vec<&&&DeviceView> = remaining.iter().filter(|d| !d.online).collect();
     let counts = Counts {
         devices: devices.len(),
         updated: devices
@@ -254,25 +462,21 @@ pub fn plan(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceView
             .iter()
             .filter(|d| d.current.as_deref() == Some(update) && d.ready)
             .count(),
-        updating: devices
-            .iter()
-            .filter(|d| {
-                d.target.as_deref() == Some(update)
-                    && d.in_flight()
-                    && !d.failed(update, deadline, now)
-            })
-            .count(),
+        updating: on_the_way,
         failed,
         offline: devices.iter().filter(|d| !d.online).count(),
         unsupported: devices.iter().filter(|d| !d.supported(fleet)).count(),
     };
     let mut plan = Plan {
+        failed_devices: shown(failed_devices.iter().map(|d| d.name.as_str())),
+        skipped_offline: shown(skipped.iter().map(|d| d.name.as_str())),
         retarget: Vec::new(),
         memory: memory.clone(),
         phase: Phase::Progressing,
         stable_revision: fleet.stable_revision.map(str::to_string),
         counts,
         requeue_after: None,
+        stalled_for: None,
     };
 
     if fleet.paused {
@@ -290,7 +494,8 @@ pub fn plan(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceView
     }
 
     let threshold = resolve(&strategy.failure_threshold, size, Round::Up);
-    if memory.aborted || failed >= threshold {
+    let asked_to_abort = fleet.abort.is_some_and(|a| a.revision == update);
+    if memory.aborted || asked_to_abort || failed >= threshold {
         memory.aborted = true;
         memory.pause_started_at = None;
         plan.phase = Phase::Aborted;
@@ -309,36 +514,49 @@ pub fn plan(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceView
         return plan;
     }
 
-    let on_update = |d: &&&DeviceView| d.current.as_deref() == Some(update);
-    let updated = targetable.iter().filter(on_update).count();
-    // With no targetable device the rollout is vacuously complete, as a Deployment of zero
-    // replicas is; but it has moved nobody, so it neither passes its steps nor makes the
-    // revision stable: devices that appear later (or a cache still filling) start at step 0.
-    if targetable.is_empty() {
+    // Nothing left to start among online devices and nothing on its way: complete. Devices
+    // skipped as offline catch up when they return, which reopens the rollout.
+    let online_remaining = remaining.len() - skipped.len();
+    if online_remaining == 0 && on_the_way == 0 {
         plan.phase = Phase::Complete;
-        plan.memory = memory;
-        return plan;
-    }
-    if updated == targetable.len() {
-        plan.phase = Phase::Complete;
-        plan.stable_revision = Some(update.to_string());
-        memory.step = strategy.steps.len();
-        memory.pause_started_at = None;
+        // With nobody finished (no targetable device, or all of them offline) the rollout is
+        // vacuously complete, as a Deployment of zero replicas is; but it has moved nobody, so
+        // it neither passes its steps nor makes the revision stable: devices that appear later
+        // (or a cache still filling) start at step 0. Nor does a revision that failed everywhere
+        // it went become stable.
+        if succeeded > 0 {
+            plan.stable_revision = Some(update.to_string());
+        }
+        if finished > 0 {
+            memory.step = strategy.steps.len();
+            memory.pause_started_at = None;
+        }
         plan.memory = memory;
         return plan;
     }
 
-    // Walk the steps: a step is done when its devices run the update revision; its pause, if
-    // any, must then end before the next step starts.
+    // Walk the steps: a step is done when its share of devices has finished (succeeded or
+    // failed); its pause, if any, must then end before the next step starts. Going back to a
+    // revision the whole fleet ran, or a promotion in full, skips them.
+    let promoted_in_full = fleet.resume.is_some_and(|r| r.revision == update && r.full);
+    if fleet.fast_track || promoted_in_full {
+        memory.step = memory.step.max(strategy.steps.len());
+        memory.pause_started_at = None;
+    }
+    let resumed_at = |step: usize| {
+        fleet
+            .resume
+            .is_some_and(|r| r.revision == update && usize::try_from(r.step).ok() == Some(step))
+    };
     let goal = loop {
         let Some(step) = strategy.steps.get(memory.step) else {
             break targetable.len();
         };
         let goal = resolve(&step.devices, size, Round::Up).min(targetable.len());
-        if updated < goal {
+        if finished < goal {
             break goal;
         }
-        if let Some(pause) = &step.pause {
+        if let Some(pause) = step.pause.as_ref().filter(|_| !resumed_at(memory.step)) {
             if let Some(seconds) = pause.duration_seconds {
                 let started = *memory.pause_started_at.get_or_insert(now);
                 let remaining = started + i64::from(seconds) - now;
@@ -352,44 +570,41 @@ pub fn plan(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceView
                     return plan;
                 }
             } else {
-                let resumed = fleet.resume.is_some_and(|r| {
-                    r.revision == update && usize::try_from(r.step).ok() == Some(memory.step)
-                });
-                if !resumed {
-                    plan.phase = Phase::WaitingForResume { step: memory.step };
-                    plan.memory = memory;
-                    return plan;
-                }
+                plan.phase = Phase::WaitingForResume { step: memory.step };
+                plan.memory = memory;
+                return plan;
             }
         }
         memory.step += 1;
         memory.pause_started_at = None;
     };
 
-    // Start as many devices as the goal still needs and the budget of unavailable devices allows.
-    let max_unavailable = resolve(&strategy.max_unavailable, size, Round::Down);
-    let mut in_flight = devices.iter().filter(|d| d.in_flight()).count()
+    // Start as many devices as the goal still needs and the budget of unavailable devices
+    // allows. Devices that failed (also by their deadline) hold no slot.
+    let max_unavailable = if fleet.fast_track {
+        usize::MAX
+    } else {
+        resolve(&strategy.max_unavailable, size, Round::Down)
+    };
+    let mut in_flight = devices.iter().filter(|d| judge.occupying(d)).count()
         + plan
             .retarget
             .iter()
-            .filter(|(name, _)| devices.iter().any(|d| &d.name == name && !d.in_flight()))
+            .filter(|(name, _)| {
+                devices
+                    .iter()
+                    .any(|d| &d.name == name && !judge.occupying(d))
+            })
             .count();
-    let targeted = targetable
-        .iter()
-        .filter(|d| d.target.as_deref() == Some(update))
-        .count();
-    let mut wanted = goal.saturating_sub(targeted);
-    let mut candidates: Vec<&&DeviceView> = targetable
-        .iter()
-        .filter(|d| d.online && d.target.as_deref() != Some(update))
-        .collect();
+    let mut wanted = goal.saturating_sub(finished + on_the_way);
+    let mut candidates: Vec<&&&DeviceView> = remaining.iter().filter(|d| d.online).collect();
     candidates.sort_by_key(|d| (canary_key(&d.name), d.name.as_str()));
     for device in candidates {
         if wanted == 0 {
             break;
         }
         // A device already on its way elsewhere is unavailable anyway; turning it costs nothing.
-        if !device.in_flight() {
+        if !judge.occupying(device) {
             if in_flight >= max_unavailable {
                 break;
             }
@@ -402,7 +617,7 @@ pub fn plan(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceView
 
     plan.requeue_after = targetable
         .iter()
-        .filter_map(|d| d.deadline_left(update, deadline, now))
+        .filter_map(|d| judge.time_left(d, update))
         .filter(|left| *left > 0)
         .min();
     plan.memory = memory;

@@ -1,6 +1,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
-use edgevisor_crds::fleet::{Pause, Resume, RolloutStep, RolloutStrategy};
+use edgevisor_crds::fleet::{Abort, Pause, Resume, Retry, RolloutStep, RolloutStrategy};
 use edgevisor_crds::{Architecture, UpdateStatus};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use proptest::prelude::*;
@@ -50,6 +50,9 @@ struct World {
     devices: Vec<DeviceView>,
     memory: RolloutMemory,
     resume: Option<Resume>,
+    abort: Option<Abort>,
+    retry: Option<Retry>,
+    fast_track: bool,
     paused: bool,
     stable: Option<String>,
     update: String,
@@ -64,6 +67,9 @@ impl World {
             devices,
             memory: RolloutMemory::default(),
             resume: None,
+            abort: None,
+            retry: None,
+            fast_track: false,
             paused: false,
             stable: Some(OLD.into()),
             update: NEW.into(),
@@ -76,6 +82,9 @@ impl World {
             strategy: &self.strategy,
             paused: self.paused,
             resume: self.resume.as_ref(),
+            abort: self.abort.as_ref(),
+            retry: self.retry.as_ref(),
+            fast_track: self.fast_track,
             update_revision: &self.update,
             stable_revision: self.stable.as_deref(),
             supported: &self.supported,
@@ -121,6 +130,14 @@ impl World {
                     started_at: Some(self.now),
                 });
             }
+        }
+    }
+
+    fn judge(&self) -> Judge {
+        Judge {
+            timeout: i64::from(self.strategy.device_timeout_seconds),
+            now: self.now,
+            since: self.memory.failures_since,
         }
     }
 
@@ -183,11 +200,13 @@ fn a_step_waits_for_resume_then_the_rest_follow() {
     world.resume = Some(Resume {
         revision: OLD.into(),
         step: 0,
+        full: false,
     });
     assert_eq!(world.step().phase, Phase::WaitingForResume { step: 0 });
     world.resume = Some(Resume {
         revision: NEW.into(),
         step: 0,
+        full: false,
     });
     let plan = world.step();
     assert_eq!(plan.retarget.len(), 5);
@@ -262,13 +281,14 @@ fn without_auto_rollback_an_abort_only_stops() {
 }
 
 #[test]
-fn a_device_that_never_finishes_fails_at_its_deadline() {
+fn a_device_that_never_finishes_fails_at_its_timeout() {
     let mut world = World::new(fleet_of(3), strategy(1, vec![]));
     world.strategy.failure_threshold = IntOrString::Int(1);
+    world.strategy.device_timeout_seconds = 300;
     world.step();
     let plan = world.step();
-    assert_eq!(plan.requeue_after, Some(600));
-    world.now += 600;
+    assert_eq!(plan.requeue_after, Some(300));
+    world.now += 300;
     let plan = world.step();
     assert_eq!(plan.counts.failed, 1);
     assert_eq!(plan.phase, Phase::Aborted);
@@ -320,17 +340,19 @@ fn a_new_revision_starts_a_new_rollout_at_step_zero() {
         step: 3,
         pause_started_at: Some(5),
         aborted: true,
+        ..RolloutMemory::default()
     };
     let mut world = World::new(fleet_of(4), strategy(1, vec![step(1, until_resumed())]));
     world.memory = memory;
     let plan = world.step();
     assert_eq!(
-        plan.memory,
+        RolloutMemory {
+            progress: None,
+            ..plan.memory
+        },
         RolloutMemory {
             revision: Some(NEW.into()),
-            step: 0,
-            pause_started_at: None,
-            aborted: false
+            ..RolloutMemory::default()
         }
     );
     assert_eq!(plan.retarget.len(), 1);
@@ -409,6 +431,7 @@ fn random_strategy() -> impl Strategy<Value = RolloutStrategy> {
             failure_threshold,
             auto_rollback,
             progress_deadline_seconds: 600,
+            device_timeout_seconds: 600,
         },
     )
 }
@@ -426,7 +449,8 @@ proptest! {
         let mut given: BTreeMap<(String, String), usize> = BTreeMap::new();
         let mut joined = 0u32;
         for event in events {
-            let in_flight_before = world.devices.iter().filter(|d| d.in_flight()).count();
+            let occupying = |w: &World| { let j = w.judge(); w.devices.iter().filter(|d| j.occupying(d)).count() };
+            let in_flight_before = occupying(&world);
             let total = world.devices.iter().filter(|d| d.pinned.is_none()).count();
             let max_unavailable = resolve(&world.strategy.max_unavailable, total, Round::Down);
             let held: BTreeSet<String> = world.devices.iter().filter(|d| d.paused).map(|d| d.name.clone()).collect();
@@ -450,14 +474,15 @@ proptest! {
                 }
             }
             if plan.phase != Phase::Aborted {
-                // In flight never grows past maxUnavailable.
-                let in_flight = world.devices.iter().filter(|d| d.in_flight()).count();
+                // In flight (within its deadline) never grows past maxUnavailable.
+                let in_flight = occupying(&world);
                 prop_assert!(in_flight <= max_unavailable.max(in_flight_before),
                     "in flight {in_flight} > maxUnavailable {max_unavailable} (was {in_flight_before})");
                 // Canaries first: what starts now is a prefix, in canary order, of the devices
                 // that could start.
                 let mut startable: Vec<&DeviceView> = before.iter()
-                    .filter(|d| d.online && !d.paused && d.pinned.is_none() && d.target.as_deref() != Some(revision.as_str()))
+                    .filter(|d| d.online && !d.paused && d.pinned.is_none() && d.target.as_deref() != Some(revision.as_str())
+                        && d.current.as_deref() != Some(revision.as_str()) && !world.judge().failed(d, &revision))
                     .collect();
                 startable.sort_by_key(|d| (canary_key(&d.name), d.name.clone()));
                 let started: Vec<&str> = plan.retarget.iter().filter(|(_, r)| r == &revision).map(|(n, _)| n.as_str()).collect();
@@ -468,7 +493,7 @@ proptest! {
             match event {
                 Event::Finish { ok_mask } => world.finish(|name| ok_mask & (1 << (canary_key(name) % 64)) != 0),
                 Event::Advance(s) => world.now += s,
-                Event::Resume => world.resume = Some(Resume { revision: world.update.clone(), step: i32::try_from(world.memory.step).unwrap_or(0) }),
+                Event::Resume => world.resume = Some(Resume { revision: world.update.clone(), step: i32::try_from(world.memory.step).unwrap_or(0), full: false }),
                 Event::Join => { joined += 1; world.devices.push(device(&format!("joined-{joined}"))); }
                 Event::Leave(i) => if !world.devices.is_empty() { let n = world.devices.len(); world.devices.remove(usize::from(i) % n); },
                 Event::Online(i, on) => if !world.devices.is_empty() { let n = world.devices.len(); world.devices[usize::from(i) % n].online = on; },
@@ -523,4 +548,343 @@ fn a_revoked_device_is_neither_moved_nor_waited_for() {
         d.current = Some(NEW.into());
     }
     assert_eq!(world.plan().phase, Phase::Complete);
+}
+
+// === Rollouts that always end ===
+
+#[test]
+fn a_failure_below_the_threshold_finishes_its_part_and_the_rollout_completes() {
+    let mut strategy = strategy(2, vec![]);
+    strategy.failure_threshold = IntOrString::Int(3);
+    let mut world = World::new(fleet_of(10), strategy);
+    let doomed = world.step().retarget[0].0.clone();
+    for _ in 0..10 {
+        world.finish(|name| name != doomed);
+        if world.step().phase == Phase::Complete {
+            break;
+        }
+    }
+    let plan = world.step();
+    assert_eq!(plan.phase, Phase::Complete);
+    assert_eq!(plan.counts.failed, 1);
+    assert_eq!(plan.failed_devices, vec![doomed]);
+    assert_eq!(plan.counts.updated, 9);
+    assert_eq!(plan.stable_revision.as_deref(), Some(NEW));
+}
+
+#[test]
+fn a_failed_canary_moves_on_under_a_percentage_threshold() {
+    let mut strategy = strategy(5, vec![step(1, None)]);
+    strategy.failure_threshold = IntOrString::String("10%".into());
+    let mut world = World::new(fleet_of(100), strategy);
+    assert_eq!(world.step().retarget.len(), 1, "the canary");
+    world.finish(|_| false);
+    let plan = world.step();
+    assert_eq!(plan.phase, Phase::Progressing);
+    assert_eq!(plan.counts.failed, 1);
+    assert_eq!(
+        plan.memory.step, 1,
+        "the failed canary finished the first step"
+    );
+    assert_eq!(
+        plan.retarget.len(),
+        5,
+        "and the rest follow within maxUnavailable"
+    );
+}
+
+#[test]
+fn a_device_quiet_past_its_deadline_gives_its_slot_back() {
+    let mut strategy = strategy(1, vec![]);
+    strategy.failure_threshold = IntOrString::Int(2);
+    let mut world = World::new(fleet_of(3), strategy);
+    let quiet = world.step().retarget[0].0.clone();
+    assert!(world.step().retarget.is_empty(), "its slot is taken");
+    world.now += 3600;
+    let plan = world.step();
+    assert_eq!(plan.failed_devices, vec![quiet.clone()]);
+    assert_eq!(plan.retarget.len(), 1, "the next device takes the slot");
+    assert_ne!(plan.retarget[0].0, quiet);
+}
+
+#[test]
+fn offline_devices_are_skipped_and_catch_up_when_back() {
+    let mut world = World::new(fleet_of(4), strategy(4, vec![]));
+    world.devices[1].online = false;
+    world.step();
+    world.finish(|_| true);
+    let plan = world.step();
+    assert_eq!(plan.phase, Phase::Complete);
+    assert_eq!(plan.skipped_offline, vec!["dev-001".to_string()]);
+    assert_eq!(
+        plan.stable_revision.as_deref(),
+        Some(NEW),
+        "the rest made it stable"
+    );
+    world.devices[1].online = true;
+    let plan = world.step();
+    assert_eq!(
+        plan.retarget,
+        vec![("dev-001".to_string(), NEW.to_string())]
+    );
+    world.finish(|_| true);
+    let plan = world.step();
+    assert_eq!(plan.phase, Phase::Complete);
+    assert!(plan.skipped_offline.is_empty());
+}
+
+#[test]
+fn the_latest_result_decides_whether_a_device_failed() {
+    let mut world = World::new(fleet_of(3), strategy(3, vec![]));
+    world.strategy.failure_threshold = IntOrString::Int(3);
+    world.step();
+    world.finish(|name| name != "dev-000");
+    assert_eq!(world.plan().counts.failed, 1);
+    // The agent tries again: in progress, not failed.
+    let d = &mut world.devices[0];
+    d.failed_revisions = vec![NEW.into()];
+    d.update = Some(UpdateReport {
+        revision: NEW.into(),
+        status: UpdateStatus::Downloading,
+        started_at: Some(world.now),
+    });
+    assert_eq!(world.plan().counts.failed, 0);
+    assert_eq!(world.plan().counts.updating, 1);
+    // ...and it succeeds: not failed either.
+    world.devices[0].current = Some(NEW.into());
+    world.devices[0].update = None;
+    let plan = world.plan();
+    assert_eq!((plan.counts.failed, plan.phase), (0, Phase::Complete));
+}
+
+#[test]
+fn a_device_that_joins_while_the_rollout_waits_gets_the_stable_revision() {
+    let mut world = World::new(fleet_of(3), strategy(3, vec![step(1, until_resumed())]));
+    world.step();
+    world.finish(|_| true);
+    assert_eq!(world.step().phase, Phase::WaitingForResume { step: 0 });
+    let mut joined = device("joined");
+    joined.target = None;
+    joined.current = None;
+    world.devices.push(joined.clone());
+    let plan = world.step();
+    assert_eq!(plan.retarget, vec![("joined".to_string(), OLD.to_string())]);
+    // Paused fleets and aborted rollouts too; without a stable revision, nothing.
+    for (paused, aborted) in [(true, false), (false, true)] {
+        let mut w = World::new(vec![joined.clone()], strategy(1, vec![]));
+        w.paused = paused;
+        w.memory = RolloutMemory {
+            revision: Some(NEW.into()),
+            aborted,
+            ..RolloutMemory::default()
+        };
+        assert_eq!(
+            w.plan().retarget,
+            vec![("joined".to_string(), OLD.to_string())]
+        );
+        w.stable = None;
+        assert!(w.plan().retarget.is_empty());
+    }
+}
+
+#[test]
+fn a_revision_that_failed_everywhere_below_the_threshold_is_not_made_stable() {
+    let mut strategy = strategy(3, vec![]);
+    strategy.failure_threshold = IntOrString::Int(10);
+    let mut world = World::new(fleet_of(3), strategy);
+    world.step();
+    world.finish(|_| false);
+    let plan = world.step();
+    assert_eq!(plan.phase, Phase::Complete);
+    assert_eq!(plan.counts.failed, 3);
+    assert_eq!(plan.stable_revision.as_deref(), Some(OLD));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever happened before, once devices stop coming, going and changing their minds,
+    /// every rollout ends (complete or aborted) within a bounded number of plans, with each
+    /// device either succeeding or failing every time it is asked.
+    #[test]
+    fn every_rollout_ends_once_devices_stop_changing(
+        size in 0usize..30,
+        strategy in random_strategy(),
+        events in proptest::collection::vec(event(), 0..30),
+        outcome in any::<u64>(),
+    ) {
+        let mut world = World::new(fleet_of(size), strategy);
+        let mut joined = 0u32;
+        for event in events {
+            world.step();
+            match event {
+                Event::Finish { ok_mask } => world.finish(|name| ok_mask & (1 << (canary_key(name) % 64)) != 0),
+                Event::Advance(s) => world.now += s,
+                Event::Resume => world.resume = Some(Resume { revision: world.update.clone(), step: i32::try_from(world.memory.step).unwrap_or(0), full: false }),
+                Event::Join => { joined += 1; let mut d = device(&format!("joined-{joined}")); d.target = None; d.current = None; world.devices.push(d); }
+                Event::Leave(i) => if !world.devices.is_empty() { let n = world.devices.len(); world.devices.remove(usize::from(i) % n); },
+                Event::Online(i, on) => if !world.devices.is_empty() { let n = world.devices.len(); world.devices[usize::from(i) % n].online = on; },
+                Event::Hold(i, held) => if !world.devices.is_empty() { let n = world.devices.len(); world.devices[usize::from(i) % n].paused = held; },
+                Event::NewRevision => world.update = format!("f-{:010}", u64::from(joined) + 7),
+            }
+        }
+        // From here on devices only answer: each succeeds or fails (by `outcome`), time passes,
+        // and a waiting step is resumed, as an operator would.
+        let bound = 4 * (world.devices.len() + world.strategy.steps.len()) + 10;
+        let mut ended = None;
+        for _ in 0..bound {
+            let plan = world.step();
+            if matches!(plan.phase, Phase::Complete | Phase::Aborted) && plan.retarget.is_empty() {
+                ended = Some(plan.phase);
+                break;
+            }
+            world.finish(|name| outcome & (1 << (canary_key(name) % 64)) != 0);
+            world.now += 601;
+            world.resume = Some(Resume { revision: world.update.clone(), step: i32::try_from(world.memory.step).unwrap_or(0), full: false });
+        }
+        prop_assert!(ended.is_some(), "the rollout of {} did not end within {bound} plans: {:?}", world.update, world.plan());
+    }
+}
+
+// === Operator verbs and the fleet's progress deadline ===
+
+#[test]
+fn abort_stops_now_and_sends_the_updated_devices_back() {
+    let mut world = World::new(fleet_of(6), strategy(2, vec![]));
+    world.step();
+    world.finish(|_| true);
+    world.abort = Some(Abort {
+        revision: NEW.into(),
+    });
+    let plan = world.step();
+    assert_eq!(plan.phase, Phase::Aborted);
+    assert_eq!(plan.retarget.len(), 2);
+    assert!(plan.retarget.iter().all(|(_, r)| r == OLD));
+    // An abort of another revision does nothing.
+    let mut other = World::new(fleet_of(2), strategy(2, vec![]));
+    other.abort = Some(Abort {
+        revision: "f-9999999999".into(),
+    });
+    assert_eq!(other.step().phase, Phase::Progressing);
+}
+
+#[test]
+fn retry_runs_an_aborted_revision_again_from_step_zero_forgetting_its_failures() {
+    let steps = vec![step(1, until_resumed())];
+    let mut world = World::new(fleet_of(4), strategy(2, steps));
+    let canary = world.step().retarget[0].0.clone();
+    world.finish(|_| false);
+    world.now += 10;
+    let plan = world.step();
+    assert_eq!(plan.phase, Phase::Aborted);
+    world.finish(|_| true); // back on the stable revision
+    world.now += 10;
+    world.retry = Some(Retry {
+        revision: NEW.into(),
+        attempt: 1,
+    });
+    let plan = world.step();
+    assert_eq!(
+        plan.counts.failed, 0,
+        "the aborted try's failure is forgotten"
+    );
+    assert_eq!(plan.phase, Phase::Progressing);
+    assert_eq!(plan.memory.step, 0);
+    assert_eq!(
+        plan.retarget,
+        vec![(canary.clone(), NEW.to_string())],
+        "the same canary goes first again"
+    );
+    // The same attempt again does nothing more; a new failure counts.
+    world.finish(|_| false);
+    world.now += 10;
+    assert_eq!(world.step().phase, Phase::Aborted);
+}
+
+#[test]
+fn promote_ends_a_timed_pause_and_promote_full_skips_every_step() {
+    let timed = Some(Pause {
+        duration_seconds: Some(3600),
+        until_resumed: None,
+    });
+    let steps = vec![step(1, timed), step(2, until_resumed()), step(3, None)];
+    let mut world = World::new(fleet_of(10), strategy(10, steps));
+    world.step();
+    world.finish(|_| true);
+    assert!(matches!(world.step().phase, Phase::Paused { step: 0, .. }));
+    world.resume = Some(Resume {
+        revision: NEW.into(),
+        step: 0,
+        full: false,
+    });
+    let plan = world.step();
+    assert_eq!(plan.memory.step, 1);
+    assert_eq!(plan.retarget.len(), 1, "on to the second step");
+    world.finish(|_| true);
+    assert_eq!(world.step().phase, Phase::WaitingForResume { step: 1 });
+    world.resume = Some(Resume {
+        revision: NEW.into(),
+        step: 1,
+        full: true,
+    });
+    let plan = world.step();
+    assert_eq!(
+        plan.retarget.len(),
+        8,
+        "everyone else, within maxUnavailable"
+    );
+}
+
+#[test]
+fn going_back_to_a_revision_the_fleet_ran_is_fast_tracked() {
+    let steps = vec![step(1, until_resumed()), step(2, None)];
+    let mut world = World::new(fleet_of(6), strategy(1, steps));
+    world.fast_track = true;
+    let plan = world.step();
+    assert_eq!(
+        plan.retarget.len(),
+        6,
+        "no steps, no pauses, no maxUnavailable"
+    );
+}
+
+#[test]
+fn a_rollout_without_progress_for_its_deadline_is_stalled_until_progress_resumes() {
+    let mut world = World::new(fleet_of(3), strategy(1, vec![]));
+    world.strategy.progress_deadline_seconds = 600;
+    world.strategy.device_timeout_seconds = 3600;
+    world.step();
+    world.now += 300;
+    let plan = world.step();
+    assert_eq!(plan.stalled_for, None);
+    assert_eq!(
+        plan.requeue_after,
+        Some(300),
+        "planned again when the deadline comes"
+    );
+    world.now += 300;
+    let plan = world.step();
+    assert_eq!(plan.stalled_for, Some(600));
+    assert_eq!(plan.phase, Phase::Progressing, "a stall does not abort");
+    // The device reports progress: no longer stalled.
+    let d = world
+        .devices
+        .iter_mut()
+        .find(|d| d.target.as_deref() == Some(NEW))
+        .expect("one in flight");
+    d.update = Some(UpdateReport {
+        revision: NEW.into(),
+        status: UpdateStatus::Downloading,
+        started_at: Some(world.now),
+    });
+    world.now += 10;
+    assert_eq!(world.step().stalled_for, None);
+    // Waiting is not stalling.
+    let mut waiting = World::new(fleet_of(3), strategy(1, vec![step(1, until_resumed())]));
+    waiting.step();
+    waiting.finish(|_| true);
+    waiting.now += 10_000;
+    let plan = waiting.step();
+    assert_eq!(plan.phase, Phase::WaitingForResume { step: 0 });
+    assert_eq!(plan.stalled_for, None);
 }

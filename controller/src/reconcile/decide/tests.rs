@@ -88,6 +88,8 @@ fn plan(
     stable: Option<&str>,
 ) -> rollout::Plan {
     rollout::Plan {
+        failed_devices: vec![],
+        skipped_offline: vec![],
         retarget: retarget
             .iter()
             .map(|(d, r)| (d.to_string(), r.to_string()))
@@ -97,6 +99,7 @@ fn plan(
             step,
             pause_started_at: None,
             aborted: phase == Phase::Aborted,
+            ..RolloutMemory::default()
         },
         phase,
         stable_revision: stable.map(str::to_owned),
@@ -105,6 +108,7 @@ fn plan(
             ..Counts::default()
         },
         requeue_after: None,
+        stalled_for: None,
     }
 }
 
