@@ -50,7 +50,13 @@ pub fn phase_conditions(phase: &Phase, plan: &Plan, steps: usize) -> Vec<Cond> {
                     );
                     (
                         (READY, false, "ProgressDeadlineExceeded", m.clone()),
-                        (RECONCILING, true, "ProgressDeadlineExceeded", m.clone()),
+                        // kstatus reads Reconciling=True as in progress, whatever Stalled says.
+                        (
+                            RECONCILING,
+                            false,
+                            "ProgressDeadlineExceeded",
+                            String::new(),
+                        ),
                         (PROGRESSING, false, "ProgressDeadlineExceeded", m.clone()),
                         (STALLED, true, "ProgressDeadlineExceeded", m),
                         (

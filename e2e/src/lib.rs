@@ -22,6 +22,7 @@ pub mod images;
 pub mod kstatus;
 pub mod measure;
 pub mod netns;
+pub mod plugin;
 pub mod process;
 pub mod release;
 pub mod story;
@@ -122,6 +123,19 @@ impl Env {
         self.command("kubectl")
             .arg("--kubeconfig")
             .arg(self.kubeconfig.to_string_lossy())
+            .args(args)
+    }
+
+    /// `kubectl <args>` as the admin (by `KUBECONFIG`, which kubectl passes on to plugins), with
+    /// `extra_path` ahead of the tools on the PATH (where kubectl finds plugins).
+    pub fn kubectl_with_path<I, S>(&self, extra_path: &Path, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.command("kubectl")
+            .env("KUBECONFIG", self.kubeconfig.to_string_lossy())
+            .env("PATH", format!("{}:{}", extra_path.display(), self.path))
             .args(args)
     }
 
