@@ -83,7 +83,7 @@ pub fn phase_conditions(phase: &Phase, plan: &Plan, steps: usize) -> Vec<Cond> {
             }
             Phase::WaitingForResume { step } => {
                 let m = format!(
-                    "waiting at {}; resume with spec.resume: {{revision: {}, step: {step}}}; {progress}",
+                    "waiting at {}; go on with kubectl edgevisor rollout promote, or spec.resume: {{revision: {}, step: {step}}}; {progress}",
                     step_of(*step),
                     plan.memory.revision.as_deref().unwrap_or_default()
                 );
@@ -166,11 +166,15 @@ fn names(shown: &[String], total: usize) -> String {
 }
 
 /// The conditions of a Fleet that cannot be rendered (a registry error, a bad template).
+/// Every condition is rewritten, so a stale `RolloutAborted` or `Progressing` of an earlier
+/// rollout does not hide the reason.
 pub fn render_failed_conditions(message: &str) -> Vec<Cond> {
     vec![
         (READY, false, "RenderFailed", message.to_string()),
         (RECONCILING, false, "RenderFailed", String::new()),
+        (PROGRESSING, false, "RenderFailed", message.to_string()),
         (STALLED, true, "RenderFailed", message.to_string()),
+        (ROLLOUT_ABORTED, false, "RenderFailed", String::new()),
     ]
 }
 

@@ -217,6 +217,23 @@ pub fn device_counts<'a>(
 /// is in use when it is the update or stable revision, the one `rollbackTo` names, or
 /// any device of the fleet targets, runs or is pinned to it. `revisions` are
 /// (name, `spec.revision` number).
+/// Devices of the namespace that target one of `fleet`'s revisions but are not among its
+/// selected `devices` any more: they left the fleet.
+pub fn released(fleet: &str, devices: &[DeviceView], in_namespace: &[DeviceView]) -> Vec<String> {
+    let selected: BTreeSet<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+    in_namespace
+        .iter()
+        .filter(|d| !selected.contains(d.name.as_str()))
+        .filter(|d| {
+            d.target
+                .as_deref()
+                .and_then(crate::views::fleet_of_revision)
+                == Some(fleet)
+        })
+        .map(|d| d.name.clone())
+        .collect()
+}
+
 pub fn revisions_to_prune(
     revisions: &[(String, i64)],
     devices: &[DeviceView],

@@ -68,6 +68,8 @@ pub struct Context {
     pub write_concurrency: usize,
     /// A device not heard from for this long counts as offline.
     pub offline_after: Duration,
+    /// Devices already told which fleet released them: `(namespace, device, fleet)`.
+    pub released: Mutex<std::collections::HashSet<(String, String, String)>>,
     /// Set once every store has its initial list: before, an empty cache would look like a
     /// fleet without devices.
     pub synced: std::sync::atomic::AtomicBool,
@@ -152,13 +154,13 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
         .filter(|f| f.namespace().as_deref() == Some(ns.as_str()) && f.name_any() != name)
         .filter_map(|f| views::selector(&f))
         .collect();
+    let cached = ctx.devices.in_namespace(&ns);
     let Selection {
         devices,
         conflicted,
     } = {
         let mut written = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
         written.retain(|_, (_, _, when)| when.elapsed() < OVERLAY_TTL);
-        let cached = ctx.devices.in_namespace(&ns);
         decide::select_devices(
             &ns,
             &selector,
@@ -222,13 +224,27 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
     }
     ctx.metrics.devices(&ns, &name, views::states(&devices));
 
-    // 5. Revisions: how many devices use each, and forget the old ones nobody uses.
+    // 5. Devices that left the fleet but still target its revisions are released (they keep
+    // running what they have, and say so); revisions: how many devices use each, and forget
+    // the old ones no Device of the namespace uses, in this fleet or not.
+    let in_namespace: Vec<rollout::DeviceView> = cached.iter().map(|d| d.view.clone()).collect();
+    for released in decide::released(&name, &devices, &in_namespace) {
+        let key = (ns.clone(), released.clone(), name.clone());
+        let first = ctx
+            .released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key);
+        if first {
+            publish_on_device(ctx, &ns, &released, &name).await;
+        }
+    }
     tidy_revisions(
         ctx,
         fleet,
         &ns,
         &revisions,
-        &devices,
+        &in_namespace,
         &update_name,
         plan.stable_revision.as_deref(),
     )
@@ -563,6 +579,30 @@ async fn publish(ctx: &Context, fleet: &Fleet, note: decide::Note) {
     };
     if let Err(error) = ctx.recorder.publish(&event, &fleet.object_ref(&())).await {
         warn!(%error, reason = note.reason, "could not record event");
+    }
+}
+
+/// Tells a Device's readers which fleet released it.
+async fn publish_on_device(ctx: &Context, ns: &str, device: &str, fleet: &str) {
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("edgevisor.dev/v1alpha1".into()),
+        kind: Some("Device".into()),
+        name: Some(device.to_string()),
+        namespace: Some(ns.to_string()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "ReleasedFromFleet".into(),
+        note: Some(format!(
+            "no longer selected by fleet {fleet}: it keeps what it runs, and its revision is kept \
+             while it uses it"
+        )),
+        action: "Rollout".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        warn!(%error, "could not record event");
     }
 }
 

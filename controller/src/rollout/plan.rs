@@ -479,8 +479,21 @@ fn plan_moves(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceVi
         stalled_for: None,
     };
 
+    // A held fleet moves nobody, but keeps what it is: an abort stays an abort (unpausing must
+    // not forget it) and a complete rollout stays complete (Ready).
     if fleet.paused {
-        plan.phase = Phase::FleetPaused;
+        let threshold = resolve(&strategy.failure_threshold, size, Round::Up);
+        let asked_to_abort = fleet.abort.is_some_and(|a| a.revision == update);
+        let online_remaining = remaining.iter().filter(|d| d.online).count();
+        plan.phase = if memory.aborted || asked_to_abort || failed >= threshold {
+            memory.aborted = true;
+            Phase::Aborted
+        } else if online_remaining == 0 && on_the_way == 0 && finished > 0 {
+            Phase::Complete
+        } else {
+            Phase::FleetPaused
+        };
+        plan.memory = memory;
         return plan;
     }
 

@@ -888,3 +888,33 @@ fn a_rollout_without_progress_for_its_deadline_is_stalled_until_progress_resumes
     assert_eq!(plan.phase, Phase::WaitingForResume { step: 0 });
     assert_eq!(plan.stalled_for, None);
 }
+
+#[test]
+fn pausing_keeps_a_complete_rollout_complete_and_an_abort_an_abort() {
+    let mut world = World::new(fleet_of(3), strategy(3, vec![]));
+    world.step();
+    world.finish(|_| true);
+    assert_eq!(world.step().phase, Phase::Complete);
+    world.paused = true;
+    assert_eq!(
+        world.step().phase,
+        Phase::Complete,
+        "still Ready while held"
+    );
+
+    let mut world = World::new(fleet_of(3), strategy(3, vec![]));
+    world.step();
+    world.finish(|_| false);
+    assert_eq!(world.step().phase, Phase::Aborted);
+    world.finish(|_| true);
+    world.paused = true;
+    let plan = world.step();
+    assert_eq!(plan.phase, Phase::Aborted);
+    assert!(plan.retarget.is_empty(), "nothing moves while held");
+    world.paused = false;
+    assert_eq!(
+        world.step().phase,
+        Phase::Aborted,
+        "unpausing does not forget the abort"
+    );
+}

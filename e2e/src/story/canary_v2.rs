@@ -52,13 +52,12 @@ impl World {
             "canary: {canary} runs v2; the other {} wait on v1 until someone resumes the rollout:",
             DEVICES - 1
         ));
-        let resume = json!({"spec": {"resume": {"revision": v2, "step": 0}}}).to_string();
-        self.kubectl(
-            &[
-                "patch", "fleet", FLEET, "-n", &self.ns, "--type", "merge", "-p", &resume,
-            ],
-            "resume",
-        )?;
+        let view = self.plugin(&["rollout", "status", FLEET], "rollout status", &[2])?;
+        ensure!(
+            view.contains("WaitingForResume"),
+            "the plugin does not show the wait:\n{view}"
+        );
+        self.plugin(&["rollout", "promote", FLEET], "promote", &[0])?;
         let phase = Phase::new(format!("resumed: {v2} on every device"));
         loop {
             let all = self.all_devices().await;

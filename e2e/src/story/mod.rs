@@ -7,8 +7,8 @@
 //! 1. All five enroll with one bootstrap token and appear as Devices (amd64).
 //! 2. Fleet v1 (two busybox containers) reaches every device: updates DONE, `Ready=True`,
 //!    containers running (in `Device.status` and in the runtime itself).
-//! 3. v2 with a canary step that waits to be resumed: one device goes first, alone; after the
-//!    resume (`kubectl patch`), all five run v2.
+//! 3. v2 with a canary step that waits to be resumed: one device goes first, alone; after
+//!    `kubectl edgevisor rollout promote`, all five run v2.
 //! 4. A broken v3 (a container exits 3): the canary tries it, rolls back to v2 by itself and
 //!    reports `ERROR` with the cause; the rollout aborts and nobody else ever targets v3.
 //! 5. A revoked device's credential is refused (403), and so is a device naming another.
@@ -486,6 +486,30 @@ impl World {
             .collect();
         self.n.say(&format!("$ kubectl {}", shown.join(" ")));
         self.env.kubectl(args).run().checked(what)
+    }
+
+    /// Runs `kubectl edgevisor <args>` as a user would, shows the command and what it printed;
+    /// `ok_codes` are the exit codes that are not an error (`rollout status` exits 2 while a
+    /// rollout waits).
+    fn plugin(&self, args: &[&str], what: &str, ok_codes: &[i32]) -> anyhow::Result<String> {
+        self.n.say(&format!(
+            "$ kubectl edgevisor -n {} {}",
+            self.ns,
+            args.join(" ")
+        ));
+        let run = crate::plugin::kubectl_edgevisor(self.env, &self.ns, args).run();
+        anyhow::ensure!(
+            run.code.is_some_and(|c| ok_codes.contains(&c)),
+            "{what}: {} exited {:?}\n{}{}",
+            run.command,
+            run.code,
+            run.stdout,
+            run.stderr
+        );
+        for line in run.stdout.lines() {
+            self.n.say(&format!("  {line}"));
+        }
+        Ok(run.stdout)
     }
 
     /// A new revision: its name, known to the live view as `label`.

@@ -182,3 +182,26 @@ fn unused_revisions_beyond_the_limit_are_pruned() {
     assert_eq!(counts["f-2"], 1);
     assert_eq!(counts["f-4"], 0);
 }
+
+#[test]
+fn a_device_that_left_is_released_and_keeps_its_revision() {
+    let mut stayed = DeviceView::test("stayed", Some("f-1111111111"));
+    stayed.target = Some("f-2222222222".into());
+    let left = DeviceView::test("left", Some("f-0000000000"));
+    let other = DeviceView::test("other", Some("g-0000000000"));
+    let fleet = vec![stayed.clone()];
+    let namespace = vec![stayed, left, other];
+    assert_eq!(released("f", &fleet, &namespace), vec!["left".to_string()]);
+    // Its revision, old and beyond the history limit, is kept while it runs it.
+    let revisions = vec![
+        ("f-0000000000".to_string(), 1),
+        ("f-1111111111".to_string(), 2),
+        ("f-2222222222".to_string(), 3),
+    ];
+    assert!(revisions_to_prune(&revisions, &namespace, "f-2222222222", None, None, 0).is_empty());
+    assert_eq!(
+        revisions_to_prune(&revisions, &fleet, "f-2222222222", None, None, 0),
+        vec!["f-0000000000".to_string()],
+        "judged on the fleet's devices alone, it would have been deleted"
+    );
+}
