@@ -5,7 +5,7 @@
 //! condition keeps its `lastTransitionTime` while its status does not change, so rewriting the
 //! same status is a no-op the reconciler can skip.
 use edgevisor_crds::common::condition::{
-    PROGRESSING, READY, RECONCILING, ROLLOUT_ABORTED, STALLED,
+    OVERLAPPING_SELECTORS, PROGRESSING, READY, RECONCILING, ROLLOUT_ABORTED, STALLED,
 };
 use edgevisor_crds::fleet::{ArchitectureCounts, FleetStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -221,12 +221,39 @@ pub fn step_label(phase: &Phase, step: usize) -> String {
     }
 }
 
+/// The conditions of a plan, with devices the fleet shares with another (`overlapping`) said
+/// in their own condition and in `Ready`'s message.
+fn conditions(plan: &Plan, steps: usize, overlapping: &[String]) -> Vec<Cond> {
+    let mut out = phase_conditions(&plan.phase, plan, steps);
+    if overlapping.is_empty() {
+        out.push((OVERLAPPING_SELECTORS, false, "NoOverlap", String::new()));
+        return out;
+    }
+    let shown: Vec<String> = overlapping
+        .iter()
+        .take(crate::rollout::plan::NAMES_SHOWN)
+        .cloned()
+        .collect();
+    let m = format!(
+        "{} devices are also selected by another fleet; each stays with the fleet that had it \
+         first: {}",
+        overlapping.len(),
+        names(&shown, overlapping.len())
+    );
+    if let Some(ready) = out.iter_mut().find(|c| c.0 == READY) {
+        ready.3 = format!("{}; {m}", ready.3);
+    }
+    out.push((OVERLAPPING_SELECTORS, true, "OverlappingSelectors", m));
+    out
+}
+
 /// The Fleet's whole status after a plan.
 pub fn fleet_status(
     old: Option<&FleetStatus>,
     plan: &Plan,
     steps: usize,
     architectures: Vec<ArchitectureCounts>,
+    overlapping: &[String],
     generation: Option<i64>,
     now: Timestamp,
 ) -> FleetStatus {
@@ -266,7 +293,7 @@ pub fn fleet_status(
         architectures,
         conditions: merge_conditions(
             old_conditions,
-            phase_conditions(&plan.phase, plan, steps),
+            conditions(plan, steps, overlapping),
             generation,
             now,
         ),
@@ -313,7 +340,15 @@ mod tests {
     #[test]
     fn each_phase_reads_as_kstatus_expects() {
         let now = Timestamp::UNIX_EPOCH;
-        let s = fleet_status(None, &plan(Phase::Progressing), 3, vec![], Some(4), now);
+        let s = fleet_status(
+            None,
+            &plan(Phase::Progressing),
+            3,
+            vec![],
+            &[],
+            Some(4),
+            now,
+        );
         assert_eq!(get(&s.conditions, READY).status, "False");
         assert_eq!(get(&s.conditions, RECONCILING).status, "True");
         assert_eq!(
@@ -327,7 +362,7 @@ mod tests {
                 .all(|c| c.observed_generation == Some(4))
         );
 
-        let s = fleet_status(None, &plan(Phase::Complete), 3, vec![], Some(4), now);
+        let s = fleet_status(None, &plan(Phase::Complete), 3, vec![], &[], Some(4), now);
         assert_eq!(get(&s.conditions, READY).status, "True");
         assert_eq!(get(&s.conditions, RECONCILING).status, "False");
         assert_eq!(s.current_step.as_deref(), Some("done"));
@@ -337,7 +372,7 @@ mod tests {
         partial.counts.failed = 12;
         partial.failed_devices = (0..10).map(|i| format!("kiosk-{i}")).collect();
         partial.skipped_offline = vec!["kiosk-99".into()];
-        let s = fleet_status(None, &partial, 3, vec![], Some(4), now);
+        let s = fleet_status(None, &partial, 3, vec![], &[], Some(4), now);
         let ready = get(&s.conditions, READY);
         assert_eq!(ready.status, "True");
         assert!(
@@ -355,7 +390,22 @@ mod tests {
         let mut aborted = plan(Phase::Aborted);
         aborted.counts.failed = 1;
         aborted.failed_devices = vec!["kiosk-3".into()];
-        let s = fleet_status(None, &aborted, 3, vec![], Some(4), now);
+        let s = fleet_status(None, &aborted, 3, vec![], &[], Some(4), now);
+        // Devices shared with another fleet are named, and Ready says so.
+        let shared = fleet_status(
+            None,
+            &plan(Phase::Complete),
+            3,
+            vec![],
+            &["kiosk-9".into()],
+            Some(4),
+            now,
+        );
+        assert_eq!(
+            get(&shared.conditions, OVERLAPPING_SELECTORS).status,
+            "True"
+        );
+        assert!(get(&shared.conditions, READY).message.contains("kiosk-9"));
         assert!(get(&s.conditions, STALLED).message.contains("(kiosk-3)"));
         assert_eq!(get(&s.conditions, STALLED).status, "True");
         assert_eq!(get(&s.conditions, ROLLOUT_ABORTED).status, "True");
@@ -369,6 +419,7 @@ mod tests {
             &plan(Phase::WaitingForResume { step: 0 }),
             3,
             vec![],
+            &[],
             Some(4),
             now,
         );
@@ -383,17 +434,26 @@ mod tests {
     fn unchanged_conditions_keep_their_transition_time() {
         let t0 = Timestamp::UNIX_EPOCH;
         let t1 = Timestamp::from_second(100).unwrap();
-        let first = fleet_status(None, &plan(Phase::Progressing), 3, vec![], Some(1), t0);
+        let first = fleet_status(None, &plan(Phase::Progressing), 3, vec![], &[], Some(1), t0);
         let again = fleet_status(
             Some(&first),
             &plan(Phase::Progressing),
             3,
             vec![],
+            &[],
             Some(1),
             t1,
         );
         assert_eq!(first, again, "the same plan later gives the same status");
-        let done = fleet_status(Some(&first), &plan(Phase::Complete), 3, vec![], Some(1), t1);
+        let done = fleet_status(
+            Some(&first),
+            &plan(Phase::Complete),
+            3,
+            vec![],
+            &[],
+            Some(1),
+            t1,
+        );
         assert_eq!(get(&done.conditions, READY).last_transition_time, Time(t1));
         assert_eq!(
             get(&done.conditions, STALLED).last_transition_time,

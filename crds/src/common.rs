@@ -72,6 +72,8 @@ pub mod condition {
     pub const PROGRESSING: &str = "Progressing";
     /// A Fleet's rollout crossed its failure threshold and stopped.
     pub const ROLLOUT_ABORTED: &str = "RolloutAborted";
+    /// A Fleet selects devices another fleet of the namespace selects too.
+    pub const OVERLAPPING_SELECTORS: &str = "OverlappingSelectors";
     /// A Device runs its target revision.
     pub const UP_TO_DATE: &str = "UpToDate";
     /// A Device was heard from within the liveness window.

@@ -82,7 +82,8 @@ const COUNT_OR_PERCENT_MESSAGE: &str =
 #[serde(rename_all = "camelCase")]
 pub struct FleetSpec {
     /// Which Devices in this namespace belong to the fleet, by their labels. A Device selected by
-    /// two fleets is updated by neither until the overlap is resolved.
+    /// two fleets stays with the one that had it first (whose revision it targets, else the
+    /// older fleet); both carry the condition `OverlappingSelectors` naming it.
     #[schemars(schema_with = "label_selector_schema")]
     pub selector: LabelSelector,
 
@@ -633,7 +634,8 @@ pub struct FleetStatus {
     /// Since when failures count: the start of the last retry (failures before it are forgotten).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failures_since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
-    /// `Ready`, `Reconciling`, `Stalled`, `Progressing`, `RolloutAborted`.
+    /// `Ready`, `Reconciling`, `Stalled`, `Progressing`, `RolloutAborted`,
+    /// `OverlappingSelectors`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -11,23 +11,32 @@ use crate::rollout::{self, DeviceView, Phase, RolloutMemory};
 
 // === devices ===
 
-/// A fleet's devices, and those it would have but another fleet selects too.
+/// A fleet of the namespace, as selection needs it.
+#[derive(Debug, Clone)]
+pub struct FleetSelector {
+    pub name: String,
+    pub selector: Selector,
+    /// `metadata.creationTimestamp`, seconds: the older fleet had its devices first.
+    pub created: i64,
+}
+
+/// A fleet's devices, and those another fleet selects too.
 #[derive(Debug, Default, PartialEq)]
 pub struct Selection {
     pub devices: Vec<DeviceView>,
-    /// Selected by this fleet and another: left alone, and reported.
+    /// Selected by this fleet and another: each stays with the fleet that had it first.
     pub conflicted: Vec<String>,
 }
 
-/// The devices of namespace `ns` that `selector` picks and no fleet of `others` does,
-/// as the planner sees them: offline when not heard from within `offline_after`
-/// seconds, and with this controller's own recent target writes (`written`, which the
-/// cache may not show yet) laid over. Entries of `written` the cache already shows are
-/// dropped from it.
+/// The devices of namespace `ns` that `me` picks, as the planner sees them: offline when not
+/// heard from within `offline_after` seconds, and with this controller's own recent target
+/// writes (`written`, which the cache may not show yet) laid over. Entries of `written` the
+/// cache already shows are dropped from it. A device that `others` select too stays with the
+/// fleet that had it first: the one whose revision it targets, else the oldest fleet.
 pub fn select_devices<'a>(
     ns: &str,
-    selector: &Selector,
-    others: &[Selector],
+    me: &FleetSelector,
+    others: &[FleetSelector],
     cached: impl IntoIterator<Item = &'a CachedDevice>,
     written: &mut Overlay,
     now: i64,
@@ -35,13 +44,34 @@ pub fn select_devices<'a>(
 ) -> Selection {
     let mut out = Selection::default();
     for device in cached {
-        if !selector.matches(&device.labels) {
+        if !me.selector.matches(&device.labels) {
             continue;
         }
         let name = &device.view.name;
-        if others.iter().any(|s| s.matches(&device.labels)) {
+        let rivals: Vec<&FleetSelector> = others
+            .iter()
+            .filter(|f| f.selector.matches(&device.labels))
+            .collect();
+        if !rivals.is_empty() {
             out.conflicted.push(name.clone());
-            continue;
+            let had_it = device
+                .view
+                .target
+                .as_deref()
+                .and_then(crate::views::fleet_of_revision)
+                .filter(|f| *f == me.name || rivals.iter().any(|r| r.name == *f));
+            let owner = match had_it {
+                Some(f) => f,
+                None => rivals
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once(me))
+                    .min_by_key(|f| (f.created, f.name.as_str()))
+                    .map_or(me.name.as_str(), |f| f.name.as_str()),
+            };
+            if owner != me.name {
+                continue;
+            }
         }
         let mut view = device.view.clone();
         view.online = view.online && !device.stale(now, offline_after);
@@ -94,7 +124,7 @@ impl Note {
 
 /// The events a reconcile should emit: a rollout starting, a step reached, the rollout
 /// ending (complete, aborted, waiting, pausing: once, when the Ready reason changes),
-/// devices sent back, devices left alone for being in two fleets.
+/// devices sent back, devices another fleet selects too.
 pub fn events(
     old_ready_reason: &str,
     memory: &RolloutMemory,
@@ -106,9 +136,9 @@ pub fn events(
     let mut out = Vec::new();
     if !conflicted.is_empty() {
         out.push(Note::warning(
-            "DevicesInTwoFleets",
+            "OverlappingSelectors",
             format!(
-                "{} devices are selected by this and another fleet and are left alone: {}",
+                "{} devices are selected by this and another fleet; each stays with the fleet that had it first: {}",
                 conflicted.len(),
                 conflicted
                     .iter()

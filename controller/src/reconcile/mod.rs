@@ -147,12 +147,22 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
         write_render_failure(fleet, ctx, &fleets, "spec.selector cannot be parsed", now).await?;
         return Ok(Action::await_change());
     };
-    let others: Vec<kube::core::Selector> = ctx
+    let fleet_selector = |f: &Fleet, selector: kube::core::Selector| decide::FleetSelector {
+        name: f.name_any(),
+        selector,
+        created: f
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
+    };
+    let me = fleet_selector(fleet, selector);
+    let others: Vec<decide::FleetSelector> = ctx
         .fleets
         .state()
         .into_iter()
         .filter(|f| f.namespace().as_deref() == Some(ns.as_str()) && f.name_any() != name)
-        .filter_map(|f| views::selector(&f))
+        .filter_map(|f| views::selector(&f).map(|s| fleet_selector(&f, s)))
         .collect();
     let cached = ctx.devices.in_namespace(&ns);
     let Selection {
@@ -163,7 +173,7 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
         written.retain(|_, (_, _, when)| when.elapsed() < OVERLAY_TTL);
         decide::select_devices(
             &ns,
-            &selector,
+            &me,
             &others,
             cached.iter().map(|d| &**d),
             &mut written,
@@ -201,6 +211,7 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
         &plan,
         steps,
         architectures,
+        &conflicted,
         fleet.meta().generation,
         now,
     );

@@ -32,10 +32,16 @@ fn devices_are_selected_shared_ones_left_alone_and_quiet_ones_offline() {
         ["edge".to_string(), "shared".to_string()].into(),
     )]);
     let mut written = Overlay::new();
+    let fleet = |name: &str, selector: Selector, created: i64| FleetSelector {
+        name: name.into(),
+        selector,
+        created,
+    };
+    // The other fleet is older: the shared device stays with it, and both report it.
     let s = select_devices(
         "ns",
-        &edge_or_shared,
-        &[role("shared")],
+        &fleet("f", edge_or_shared.clone(), 10),
+        &[fleet("g", role("shared"), 5)],
         devices.iter(),
         &mut written,
         1000,
@@ -47,6 +53,20 @@ fn devices_are_selected_shared_ones_left_alone_and_quiet_ones_offline() {
         .map(|d| (d.name.as_str(), d.online))
         .collect();
     assert_eq!(names, [("a", true), ("b", false)]);
+    assert_eq!(s.conflicted, ["d"]);
+    // Younger, but the device targets this fleet's revision: it had it first.
+    let mut mine = devices.clone();
+    mine[3].view.target = Some("f-0123456789".into());
+    let s = select_devices(
+        "ns",
+        &fleet("f", edge_or_shared, 10),
+        &[fleet("g", role("shared"), 5)],
+        mine.iter(),
+        &mut written,
+        1000,
+        600,
+    );
+    assert!(s.devices.iter().any(|d| d.name == "d"));
     assert_eq!(s.conflicted, ["d"]);
 }
 
@@ -64,7 +84,11 @@ fn own_writes_show_until_the_cache_does() {
     );
     let s = select_devices(
         "ns",
-        &role("edge"),
+        &FleetSelector {
+            name: "f".into(),
+            selector: role("edge"),
+            created: 0,
+        },
         &[],
         devices.iter(),
         &mut written,
@@ -155,7 +179,7 @@ fn events_say_each_thing_once() {
     let n = events("Progressing", &at(1), &aborted, "f-2", 2, &["x".into()]);
     assert_eq!(
         reasons(&n),
-        ["DevicesInTwoFleets", "RolloutAborted", "RolledBack"]
+        ["OverlappingSelectors", "RolloutAborted", "RolledBack"]
     );
     assert!(n.iter().all(|n| n.warning));
     assert_eq!(n[2].message, "sent 2 devices back to f-1");
