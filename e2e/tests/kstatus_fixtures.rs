@@ -77,13 +77,23 @@ fn a_fleet_paused_by_the_user_is_in_progress() {
 #[test]
 fn a_complete_rollout_is_current() {
     assert_kstatus("healthy", "Current", "Resource is Ready");
+    // Also with a failure below the threshold, and while held.
+    assert_kstatus(
+        "healthy-paused-with-a-failure",
+        "Current",
+        "Resource is Ready",
+    );
 }
 
 /// Stalled=True makes it Failed, with the Stalled message: how many devices failed and why, or
 /// what the registry said.
 #[test]
 fn an_aborted_or_unrenderable_rollout_is_failed() {
-    for name in ["degraded-aborted", "degraded-render-failed"] {
+    for name in [
+        "degraded-aborted",
+        "degraded-render-failed",
+        "degraded-progress-deadline",
+    ] {
         let fleet = fixture(name);
         assert_kstatus(name, "Failed", &condition_message(&fleet, "Stalled"));
     }

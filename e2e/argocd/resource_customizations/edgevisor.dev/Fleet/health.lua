@@ -79,7 +79,8 @@ if is_true(stalled) then
 end
 
 local ready = condition("Ready")
-if spec.paused == true then
+-- A complete rollout stays complete while the fleet is held.
+if spec.paused == true and not is_true(ready) then
   hs.status = "Suspended"
   hs.message = "Paused by spec.paused, " .. updated .. "; to go on: " .. patch ..
     "'{\"spec\":{\"paused\":false}}'"
@@ -88,6 +89,7 @@ end
 if ready ~= nil and ready.reason == "WaitingForResume" then
   hs.status = "Suspended"
   hs.message = "Waiting for resume at step " .. (step or "?") .. ", " .. updated .. "; to go on: " ..
+    "kubectl edgevisor -n " .. namespace .. " rollout promote " .. name .. ", or " ..
     patch .. "'{\"spec\":{\"resume\":{\"revision\":\"" .. revision .. "\",\"step\":" .. (step or 0) .. "}}}'"
   return hs
 end
