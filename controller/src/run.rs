@@ -8,13 +8,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edgevisor_crds::{Device, Fleet, FleetRevision};
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::Recorder;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cli::ControllerConfig;
 use crate::device_index::DeviceIndex;
@@ -186,15 +186,34 @@ async fn reconcile_while_leading(
             device_index,
         );
         async move {
-            if revisions.wait_until_ready().await.is_ok() && fleets.wait_until_ready().await.is_ok()
-            {
-                while !devices.is_ready() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            // Said while it lasts: a cache that never fills (a watch refused or failing to
+            // decode) would otherwise leave a leader that silently does nothing.
+            let started = std::time::Instant::now();
+            let mut said = started;
+            loop {
+                let (f, r, d) = (
+                    fleets.wait_until_ready().now_or_never().is_some(),
+                    revisions.wait_until_ready().now_or_never().is_some(),
+                    devices.is_ready(),
+                );
+                if f && r && d {
+                    break;
                 }
-                ctx.synced.store(true, Ordering::Release);
-                health.ready.store(true, Ordering::Relaxed);
-                info!("caches synced");
+                if said.elapsed() >= Duration::from_secs(10) {
+                    said = std::time::Instant::now();
+                    warn!(
+                        fleets = f,
+                        revisions = r,
+                        devices = d,
+                        waited = ?started.elapsed(),
+                        "still waiting for the watch caches to fill"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            ctx.synced.store(true, Ordering::Release);
+            health.ready.store(true, Ordering::Relaxed);
+            info!(took = ?started.elapsed(), "caches synced");
         }
     }));
 
@@ -211,7 +230,10 @@ async fn reconcile_while_leading(
         })
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(error) = result {
+            // Reconcile errors are logged by the error policy; a failing watch is said here.
+            if let Err(error @ kube::runtime::controller::Error::QueueError(_)) = result {
+                warn!(%error, "watch");
+            } else if let Err(error) = result {
                 tracing::debug!(%error, "controller event");
             }
         });

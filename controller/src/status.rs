@@ -178,6 +178,27 @@ pub fn render_failed_conditions(message: &str) -> Vec<Cond> {
     ]
 }
 
+/// The status of a Fleet whose template cannot be rendered: the whole old status (server-side
+/// apply drops what its manager stops sending, so the counts and the stable revision survive a
+/// failed render) with the render failure's conditions, for `generation`.
+pub fn render_failed_status(
+    old: &FleetStatus,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> FleetStatus {
+    FleetStatus {
+        observed_generation: generation,
+        conditions: merge_conditions(
+            &old.conditions,
+            render_failed_conditions(message),
+            generation,
+            now,
+        ),
+        ..old.clone()
+    }
+}
+
 /// Merges new conditions into old ones: a condition whose status did not change keeps its
 /// `lastTransitionTime`; conditions not named stay as they were.
 pub fn merge_conditions(
@@ -225,6 +246,28 @@ pub fn step_label(phase: &Phase, step: usize) -> String {
 /// in their own condition and in `Ready`'s message.
 fn conditions(plan: &Plan, steps: usize, overlapping: &[String]) -> Vec<Cond> {
     let mut out = phase_conditions(&plan.phase, plan, steps);
+    // Devices of an architecture the revision lacks are never updated: said, not silent. A
+    // revision none of the fleet's devices can run is no success at all.
+    let c = &plan.counts;
+    if c.unsupported > 0 {
+        let m = format!(
+            "{} of {} devices run an architecture {} does not provide; they are not updated",
+            c.unsupported,
+            c.devices,
+            plan.memory.revision.as_deref().unwrap_or("the revision")
+        );
+        if c.unsupported == c.devices && plan.phase == Phase::Complete {
+            for cond in out.iter_mut() {
+                match cond.0 {
+                    READY => *cond = (READY, false, "NoSupportedDevices", m.clone()),
+                    STALLED => *cond = (STALLED, true, "NoSupportedDevices", m.clone()),
+                    _ => {}
+                }
+            }
+        } else if let Some(ready) = out.iter_mut().find(|cond| cond.0 == READY) {
+            ready.3 = format!("{}; {m}", ready.3);
+        }
+    }
     if overlapping.is_empty() {
         out.push((OVERLAPPING_SELECTORS, false, "NoOverlap", String::new()));
         return out;
@@ -428,6 +471,25 @@ mod tests {
                 .message
                 .contains("spec.resume: {revision: f-0123456789, step: 0}")
         );
+    }
+
+    #[test]
+    fn devices_of_a_missing_architecture_are_said_and_none_at_all_is_no_success() {
+        let now = Timestamp::UNIX_EPOCH;
+        let mut some = plan(Phase::Complete);
+        some.counts.unsupported = 2;
+        let s = fleet_status(None, &some, 3, vec![], &[], Some(4), now);
+        assert_eq!(get(&s.conditions, READY).status, "True");
+        assert!(
+            get(&s.conditions, READY)
+                .message
+                .contains("2 of 20 devices run an architecture")
+        );
+        let mut none = plan(Phase::Complete);
+        none.counts.unsupported = 20;
+        let s = fleet_status(None, &none, 3, vec![], &[], Some(4), now);
+        assert_eq!(get(&s.conditions, READY).reason, "NoSupportedDevices");
+        assert_eq!(get(&s.conditions, STALLED).status, "True");
     }
 
     #[test]

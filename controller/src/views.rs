@@ -48,6 +48,8 @@ pub fn device_view(device: &Device, target_override: Option<(&str, i64)>) -> Dev
         targeted_at,
         paused: device.spec.paused,
         pinned: device.spec.pinned_revision.clone(),
+        // Judged by the reconciler, which knows the fleet's revisions.
+        pin_refused: false,
         online: condition_true(conditions, ONLINE),
         ready: condition_true(conditions, READY),
         revoked: device.spec.revoked,

@@ -85,6 +85,24 @@ fn only_the_controller_writes_revisions_and_targets() {
         .run();
     assert_eq!(can.stdout.trim(), "yes", "RBAC alone would let it");
 
+    // A policy just installed takes a moment to hold: wait for it with server-side dry runs
+    // (admission runs, nothing is stored).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while as_(
+        &intruder,
+        &["create", "--dry-run=server", "-f", "-"],
+        Some(revision("app-00000000aa")),
+    )
+    .code
+        == Some(0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admission policy never took effect"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
     // Refused, with a message that says who may.
     let refused = as_(
         &intruder,

@@ -23,7 +23,12 @@ const MEMORY_LIMIT: u64 = 256 << 20;
 const SLOW_CONNECTIONS: usize = 5_000;
 const CLIENT_TIMEOUT_SECONDS: u64 = 4;
 
+/// The tests share one bootstrap-token Secret (the gateway may read only the ones the chart
+/// names), and the slow-connection test measures a process's memory: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Setup {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     gw: Gateway,
     tls: TlsFiles,
     _dir: tempfile::TempDir,
@@ -34,6 +39,7 @@ struct Setup {
 
 impl Setup {
     async fn start(name: &str) -> Setup {
+        let turn = ONE_AT_A_TIME.lock().await;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let env = Env::get();
         let client = env.client().await.unwrap();
@@ -57,6 +63,7 @@ impl Setup {
             .build()
             .unwrap();
         Setup {
+            _turn: turn,
             gw,
             tls,
             _dir: dir,

@@ -247,6 +247,41 @@ pub fn device_counts<'a>(
 /// is in use when it is the update or stable revision, the one `rollbackTo` names, or
 /// any device of the fleet targets, runs or is pinned to it. `revisions` are
 /// (name, `spec.revision` number).
+/// Marks each device pinned to a revision it cannot run (not one of the fleet's retained
+/// `revisions`, or without a state for its architecture) and says why, per device.
+pub fn refuse_pins(
+    devices: &mut [DeviceView],
+    revisions: &[std::sync::Arc<edgevisor_crds::FleetRevision>],
+) -> Vec<(String, String)> {
+    use kube::ResourceExt;
+    let mut out = Vec::new();
+    for d in devices.iter_mut() {
+        let Some(pin) = d.pinned.as_deref() else {
+            continue;
+        };
+        let why = match revisions.iter().find(|r| r.name_any() == pin) {
+            None => Some(format!(
+                "pinnedRevision {pin} is not a retained revision of its fleet"
+            )),
+            Some(r) => match d.architecture {
+                Some(arch) if !r.spec.architectures.iter().any(|a| a.architecture == arch) => {
+                    Some(format!(
+                        "pinnedRevision {pin} has no {} state (it provides {})",
+                        arch.as_str(),
+                        r.spec.architectures_label()
+                    ))
+                }
+                _ => None,
+            },
+        };
+        if let Some(why) = why {
+            d.pin_refused = true;
+            out.push((d.name.clone(), why));
+        }
+    }
+    out
+}
+
 /// Devices of the namespace that target one of `fleet`'s revisions but are not among its
 /// selected `devices` any more: they left the fleet.
 pub fn released(fleet: &str, devices: &[DeviceView], in_namespace: &[DeviceView]) -> Vec<String> {

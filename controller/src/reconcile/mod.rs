@@ -68,7 +68,8 @@ pub struct Context {
     pub write_concurrency: usize,
     /// A device not heard from for this long counts as offline.
     pub offline_after: Duration,
-    /// Devices already told which fleet released them: `(namespace, device, fleet)`.
+    /// Devices already told which fleet released them, or why their pin is refused:
+    /// `(namespace, device, what)`, so each is said once per controller.
     pub released: Mutex<std::collections::HashSet<(String, String, String)>>,
     /// Set once every store has its initial list: before, an empty cache would look like a
     /// fleet without devices.
@@ -181,6 +182,19 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
             ctx.offline_after.as_secs() as i64,
         )
     };
+    let mut devices = devices;
+    let refused = decide::refuse_pins(&mut devices, &revisions);
+    for (device, why) in &refused {
+        let key = (ns.clone(), device.clone(), format!("pin:{why}"));
+        let first = ctx
+            .released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key);
+        if first {
+            publish_on_device(ctx, &ns, device, "PinRefused", why.clone()).await;
+        }
+    }
 
     // 3. The plan.
     let old = fleet.status.as_ref();
@@ -247,7 +261,11 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
             .unwrap_or_else(|e| e.into_inner())
             .insert(key);
         if first {
-            publish_on_device(ctx, &ns, &released, &name).await;
+            let note = format!(
+                "no longer selected by fleet {name}: it keeps what it runs, and its revision \
+                 is kept while it uses it"
+            );
+            publish_on_device(ctx, &ns, &released, "ReleasedFromFleet", note).await;
         }
     }
     tidy_revisions(
@@ -542,13 +560,8 @@ async fn write_render_failure(
     now: Timestamp,
 ) -> Result<(), Error> {
     let old = fleet.status.clone().unwrap_or_default();
-    let conditions = status::merge_conditions(
-        &old.conditions,
-        status::render_failed_conditions(message),
-        fleet.meta().generation,
-        now,
-    );
-    if conditions == old.conditions && old.observed_generation == fleet.meta().generation {
+    let status = status::render_failed_status(&old, message, fleet.meta().generation, now);
+    if status == old {
         return Ok(());
     }
     publish(
@@ -557,13 +570,6 @@ async fn write_render_failure(
         decide::Note::warning("RenderFailed", message.to_string()),
     )
     .await;
-    // Server-side apply drops what its manager stops sending: send the whole status, so the
-    // counts and the stable revision survive a failed render.
-    let status = FleetStatus {
-        observed_generation: fleet.meta().generation,
-        conditions,
-        ..old
-    };
     let patch = json!({"apiVersion": "edgevisor.dev/v1alpha1", "kind": "Fleet", "status": status});
     fleets
         .patch_status(
@@ -593,8 +599,8 @@ async fn publish(ctx: &Context, fleet: &Fleet, note: decide::Note) {
     }
 }
 
-/// Tells a Device's readers which fleet released it.
-async fn publish_on_device(ctx: &Context, ns: &str, device: &str, fleet: &str) {
+/// An event on a Device (a human reads it with `kubectl describe device`).
+async fn publish_on_device(ctx: &Context, ns: &str, device: &str, reason: &str, note: String) {
     let reference = k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some("edgevisor.dev/v1alpha1".into()),
         kind: Some("Device".into()),
@@ -604,11 +610,8 @@ async fn publish_on_device(ctx: &Context, ns: &str, device: &str, fleet: &str) {
     };
     let event = Event {
         type_: EventType::Normal,
-        reason: "ReleasedFromFleet".into(),
-        note: Some(format!(
-            "no longer selected by fleet {fleet}: it keeps what it runs, and its revision is kept \
-             while it uses it"
-        )),
+        reason: reason.into(),
+        note: Some(note),
         action: "Rollout".into(),
         secondary: None,
     };

@@ -103,6 +103,9 @@ pub struct DeviceView {
     pub paused: bool,
     /// `spec.pinnedRevision`.
     pub pinned: Option<String>,
+    /// The pinned revision does not exist or has no state for the device's architecture: the
+    /// pin is refused (and the device told why) rather than sending it something it cannot run.
+    pub pin_refused: bool,
     /// Heard from within the liveness window.
     pub online: bool,
     /// Every container at its goal.
@@ -183,6 +186,7 @@ impl DeviceView {
             targeted_at: Some(0),
             paused: false,
             pinned: None,
+            pin_refused: false,
             online: true,
             ready: true,
             failed_revisions: vec![],
@@ -498,7 +502,7 @@ fn plan_moves(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceVi
     }
 
     // People's overrides come first: a pinned device runs its pin (unless held).
-    for device in devices.iter().filter(|d| !d.paused && d.supported(fleet)) {
+    for device in devices.iter().filter(|d| !d.paused && !d.pin_refused) {
         if let Some(pin) = &device.pinned
             && device.target.as_ref() != Some(pin)
         {

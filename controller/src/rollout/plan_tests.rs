@@ -918,3 +918,16 @@ fn pausing_keeps_a_complete_rollout_complete_and_an_abort_an_abort() {
         "unpausing does not forget the abort"
     );
 }
+
+#[test]
+fn a_refused_pin_is_not_applied() {
+    let mut devices = fleet_of(2);
+    devices[0].pinned = Some("f-2222222222".into());
+    devices[0].pin_refused = true;
+    let plan = World::new(devices, strategy(2, vec![])).plan();
+    assert!(
+        !plan
+            .retarget
+            .contains(&("dev-000".to_string(), "f-2222222222".to_string()))
+    );
+}

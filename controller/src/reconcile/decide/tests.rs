@@ -229,3 +229,50 @@ fn a_device_that_left_is_released_and_keeps_its_revision() {
         "judged on the fleet's devices alone, it would have been deleted"
     );
 }
+
+#[test]
+fn a_pin_a_device_cannot_run_is_refused_with_the_reason() {
+    use edgevisor_crds::fleet_revision::{ArchitectureState, FleetRevisionSpec};
+    let revision = |name: &str, archs: &[edgevisor_crds::Architecture]| {
+        std::sync::Arc::new(edgevisor_crds::FleetRevision::new(
+            name,
+            FleetRevisionSpec {
+                fleet: "f".into(),
+                revision: 1,
+                template_hash: "a".repeat(64),
+                architectures: archs
+                    .iter()
+                    .map(|a| ArchitectureState {
+                        architecture: *a,
+                        state_digest: "0".repeat(64),
+                        state: "{}".into(),
+                        images: vec![],
+                        signature: None,
+                    })
+                    .collect(),
+                files: vec![],
+            },
+        ))
+    };
+    let revisions = vec![
+        revision("f-0000000001", &[edgevisor_crds::Architecture::Amd64]),
+        revision("f-0000000002", &[edgevisor_crds::Architecture::Arm64]),
+    ];
+    let mut devices = vec![view("a", None), view("b", None), view("c", None)];
+    devices[0].pinned = Some("f-0000000001".into()); // arm64 device, amd64-only revision
+    devices[1].pinned = Some("f-0000000002".into());
+    devices[2].pinned = Some("f-0000000009".into());
+    let refused = refuse_pins(&mut devices, &revisions);
+    assert_eq!(refused.len(), 2);
+    assert!(
+        refused[0].1.contains("has no arm64 state"),
+        "{}",
+        refused[0].1
+    );
+    assert!(
+        refused[1].1.contains("not a retained revision"),
+        "{}",
+        refused[1].1
+    );
+    assert!(devices[0].pin_refused && !devices[1].pin_refused && devices[2].pin_refused);
+}

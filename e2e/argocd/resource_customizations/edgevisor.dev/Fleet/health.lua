@@ -54,16 +54,13 @@ local stalled = condition("Stalled")
 local aborted = condition("RolloutAborted")
 if is_true(aborted) then
   hs.status = "Degraded"
-  hs.message = "Rollout of " .. revision .. " aborted"
-  if is_true(stalled) and non_empty(stalled.message) then
-    hs.message = hs.message .. ": " .. stalled.message
-  elseif non_empty(aborted.message) then
-    hs.message = hs.message .. ": " .. aborted.message
+  -- The controller's message names the revision, the failed devices and where they go back.
+  if non_empty(aborted.message) then
+    hs.message = aborted.message
+  else
+    hs.message = "Rollout of " .. revision .. " aborted"
   end
-  local strategy = spec.strategy or {}
-  if strategy.autoRollback ~= false and non_empty(obj.status.stableRevision) then
-    hs.message = hs.message .. "; autoRollback sends the updated devices back to " .. obj.status.stableRevision
-  end
+  hs.message = hs.message .. "; to try again: kubectl edgevisor -n " .. namespace .. " rollout retry " .. name
   return hs
 end
 if is_true(stalled) then
