@@ -60,6 +60,9 @@ impl Setup {
         let http = reqwest::Client::builder()
             .tls_certs_only([reqwest::Certificate::from_pem(&tls.ca_pem().unwrap()).unwrap()])
             .timeout(Duration::from_secs(90))
+            // A connection per request: the gateway closes idle ones after the short client
+            // timeout these tests give it, and a pooled one could be reused just as it closes.
+            .pool_max_idle_per_host(0)
             .build()
             .unwrap();
         Setup {
