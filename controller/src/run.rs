@@ -154,7 +154,7 @@ async fn reconcile_while_leading(
         devices: device_index.clone(),
         revisions: revision_store.clone(),
         written: Default::default(),
-        released: Default::default(),
+        said_on_devices: Default::default(),
         write_concurrency: config.write_concurrency,
         offline_after: Duration::from_secs(config.offline_after_seconds),
         synced: false.into(),

@@ -71,6 +71,13 @@ fn only_the_controller_writes_revisions_and_targets() {
             None => cmd.run(),
         }
     };
+    let patch = |who: &str, kind: &str, name: &str, json: &str| {
+        as_(
+            who,
+            &["patch", kind, name, "--type=merge", "-p", json],
+            None,
+        )
+    };
     let can = env
         .kubectl([
             "auth",
@@ -144,30 +151,12 @@ fn only_the_controller_writes_revisions_and_targets() {
     )
     .expect_ok("creating a Device without a target");
     as_(&intruder, &["label", "device", "kiosk", "site=lab"], None).expect_ok("labelling it");
-    as_(
+    patch(&intruder, "device", "kiosk", r#"{"spec":{"paused":true}}"#).expect_ok("pausing it");
+    let refused = patch(
         &intruder,
-        &[
-            "patch",
-            "device",
-            "kiosk",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"paused":true}}"#,
-        ],
-        None,
-    )
-    .expect_ok("pausing it");
-    let refused = as_(
-        &intruder,
-        &[
-            "patch",
-            "device",
-            "kiosk",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"revision":"app-00000000aa"}}"#,
-        ],
-        None,
+        "device",
+        "kiosk",
+        r#"{"spec":{"revision":"app-00000000aa"}}"#,
     );
     assert!(refused.code != Some(0), "the intruder set a target");
 
@@ -178,43 +167,27 @@ fn only_the_controller_writes_revisions_and_targets() {
         Some(revision("app-0123456789")),
     )
     .expect_ok("the controller creating a FleetRevision");
-    as_(
+    patch(
         controller,
-        &[
-            "patch",
-            "device",
-            "kiosk",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"revision":"app-0123456789"}}"#,
-        ],
-        None,
+        "device",
+        "kiosk",
+        r#"{"spec":{"revision":"app-0123456789"}}"#,
     )
     .expect_ok("the controller setting a target");
     // Now the intruder can neither move nor clear it, but may still label the revision's
     // Device and leave the revision's spec alone.
-    for patch in [
+    for json in [
         r#"{"spec":{"revision":"app-00000000aa"}}"#,
         r#"{"spec":{"revision":null}}"#,
     ] {
-        let refused = as_(
-            &intruder,
-            &["patch", "device", "kiosk", "--type=merge", "-p", patch],
-            None,
-        );
-        assert!(refused.code != Some(0), "{patch} went through");
+        let refused = patch(&intruder, "device", "kiosk", json);
+        assert!(refused.code != Some(0), "{json} went through");
     }
-    let refused = as_(
+    let refused = patch(
         &intruder,
-        &[
-            "patch",
-            "fleetrevision",
-            "app-0123456789",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"revision":2}}"#,
-        ],
-        None,
+        "fleetrevision",
+        "app-0123456789",
+        r#"{"spec":{"revision":2}}"#,
     );
     assert!(refused.code != Some(0), "the intruder changed a revision");
     as_(

@@ -68,9 +68,9 @@ pub struct Context {
     pub write_concurrency: usize,
     /// A device not heard from for this long counts as offline.
     pub offline_after: Duration,
-    /// Devices already told which fleet released them, or why their pin is refused:
-    /// `(namespace, device, what)`, so each is said once per controller.
-    pub released: Mutex<std::collections::HashSet<(String, String, String)>>,
+    /// What was said on Devices (released, pin refused): `(namespace, device, what)`, so each
+    /// is said once per controller.
+    pub said_on_devices: Mutex<std::collections::HashSet<(String, String, String)>>,
     /// Set once every store has its initial list: before, an empty cache would look like a
     /// fleet without devices.
     pub synced: std::sync::atomic::AtomicBool,
@@ -184,16 +184,8 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
     };
     let mut devices = devices;
     let refused = decide::refuse_pins(&mut devices, &revisions);
-    for (device, why) in &refused {
-        let key = (ns.clone(), device.clone(), format!("pin:{why}"));
-        let first = ctx
-            .released
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key);
-        if first {
-            publish_on_device(ctx, &ns, device, "PinRefused", why.clone()).await;
-        }
+    for (device, why) in refused {
+        say_once_on_device(ctx, &ns, &device, "PinRefused", why).await;
     }
 
     // 3. The plan.
@@ -254,19 +246,11 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
     // the old ones no Device of the namespace uses, in this fleet or not.
     let in_namespace: Vec<rollout::DeviceView> = cached.iter().map(|d| d.view.clone()).collect();
     for released in decide::released(&name, &devices, &in_namespace) {
-        let key = (ns.clone(), released.clone(), name.clone());
-        let first = ctx
-            .released
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key);
-        if first {
-            let note = format!(
-                "no longer selected by fleet {name}: it keeps what it runs, and its revision \
-                 is kept while it uses it"
-            );
-            publish_on_device(ctx, &ns, &released, "ReleasedFromFleet", note).await;
-        }
+        let note = format!(
+            "no longer selected by fleet {name}: it keeps what it runs, and its revision is kept \
+             while it uses it"
+        );
+        say_once_on_device(ctx, &ns, &released, "ReleasedFromFleet", note).await;
     }
     tidy_revisions(
         ctx,
@@ -599,8 +583,22 @@ async fn publish(ctx: &Context, fleet: &Fleet, note: decide::Note) {
     }
 }
 
-/// An event on a Device (a human reads it with `kubectl describe device`).
-async fn publish_on_device(ctx: &Context, ns: &str, device: &str, reason: &str, note: String) {
+/// An event on a Device (a human reads it with `kubectl describe device`), once per controller
+/// for the same device, reason and note.
+async fn say_once_on_device(ctx: &Context, ns: &str, device: &str, reason: &str, note: String) {
+    let key = (
+        ns.to_string(),
+        device.to_string(),
+        format!("{reason}: {note}"),
+    );
+    let first = ctx
+        .said_on_devices
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key);
+    if !first {
+        return;
+    }
     let reference = k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some("edgevisor.dev/v1alpha1".into()),
         kind: Some("Device".into()),
