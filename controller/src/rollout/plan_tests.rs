@@ -446,6 +446,12 @@ proptest! {
         events in proptest::collection::vec(event(), 1..40),
     ) {
         let mut world = World::new(fleet_of(size), strategy);
+        // Every fifth device is of an architecture the revisions lack.
+        for (i, d) in world.devices.iter_mut().enumerate() {
+            if i % 5 == 4 {
+                d.architecture = Some(Architecture::Riscv64);
+            }
+        }
         let mut given: BTreeMap<(String, String), usize> = BTreeMap::new();
         let mut joined = 0u32;
         for event in events {
@@ -467,6 +473,9 @@ proptest! {
                 prop_assert_ne!(old.as_deref(), Some(rev.as_str()));
                 if rev == &revision {
                     prop_assert!(!offline.contains(name), "offline device {name} started");
+                    // Never a revision without the device's architecture.
+                    let arch = before.iter().find(|d| &d.name == name).and_then(|d| d.architecture);
+                    prop_assert!(arch.is_some_and(|a| world.supported.contains(&a)), "{name} ({arch:?}) given {rev}");
                     // ...and never twice the same revision in one rollout.
                     let n = given.entry((name.clone(), rev.clone())).or_default();
                     *n += 1;
@@ -482,7 +491,8 @@ proptest! {
                 // that could start.
                 let mut startable: Vec<&DeviceView> = before.iter()
                     .filter(|d| d.online && !d.paused && d.pinned.is_none() && d.target.as_deref() != Some(revision.as_str())
-                        && d.current.as_deref() != Some(revision.as_str()) && !world.judge().failed(d, &revision))
+                        && d.current.as_deref() != Some(revision.as_str()) && !world.judge().failed(d, &revision)
+                        && d.architecture.is_some_and(|a| world.supported.contains(&a)))
                     .collect();
                 startable.sort_by_key(|d| (canary_key(&d.name), d.name.clone()));
                 let started: Vec<&str> = plan.retarget.iter().filter(|(_, r)| r == &revision).map(|(n, _)| n.as_str()).collect();
