@@ -118,10 +118,11 @@ pub fn phase_conditions(phase: &Phase, plan: &Plan, steps: usize) -> Vec<Cond> {
                         names(&plan.failed_devices, c.failed)
                     ));
                 }
-                if !plan.skipped_offline.is_empty() {
+                if c.skipped > 0 {
                     m.push_str(&format!(
-                        "; offline, to catch up when back: {}",
-                        plan.skipped_offline.join(", ")
+                        "; {} offline, to catch up when back: {}",
+                        c.skipped,
+                        names(&plan.skipped_offline, c.skipped)
                     ));
                 }
                 (
@@ -415,6 +416,7 @@ mod tests {
         partial.counts.failed = 12;
         partial.failed_devices = (0..10).map(|i| format!("kiosk-{i}")).collect();
         partial.skipped_offline = vec!["kiosk-99".into()];
+        partial.counts.skipped = 1;
         let s = fleet_status(None, &partial, 3, vec![], &[], Some(4), now);
         let ready = get(&s.conditions, READY);
         assert_eq!(ready.status, "True");
@@ -425,7 +427,7 @@ mod tests {
                 && ready.message.contains("kiosk-9 and 2 more")
                 && ready
                     .message
-                    .contains("offline, to catch up when back: kiosk-99"),
+                    .contains("1 offline, to catch up when back: kiosk-99"),
             "{}",
             ready.message
         );

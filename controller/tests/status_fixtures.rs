@@ -79,6 +79,7 @@ fn counts(updated: usize, updating: usize, failed: usize, unsupported: usize) ->
         failed,
         offline: 0,
         unsupported,
+        skipped: 0,
     }
 }
 

@@ -167,7 +167,7 @@ pub fn events(
     match &plan.phase {
         Phase::Complete if old_ready_reason != "RolloutComplete" => out.push(Note::normal(
             "RolloutComplete",
-            match (plan.counts.failed, plan.skipped_offline.len()) {
+            match (plan.counts.failed, plan.counts.skipped) {
                 (0, 0) => format!("every device runs {update}"),
                 (failed, offline) => format!(
                     "{update} reached the fleet: {} devices run it, {failed} failed, {offline} \

@@ -144,6 +144,8 @@ pub struct Counts {
     pub failed: usize,
     pub offline: usize,
     pub unsupported: usize,
+    /// Of the offline devices, those the rollout skipped: not started, to catch up when back.
+    pub skipped: usize,
 }
 
 /// At most this many device names are kept in a plan's lists (they go into messages).
@@ -470,6 +472,7 @@ fn plan_moves(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceVi
         failed,
         offline: devices.iter().filter(|d| !d.online).count(),
         unsupported: devices.iter().filter(|d| !d.supported(fleet)).count(),
+        skipped: skipped.len(),
     };
     let mut plan = Plan {
         failed_devices: shown(failed_devices.iter().map(|d| d.name.as_str())),
