@@ -287,12 +287,26 @@ impl Judge {
 }
 
 /// What counts as progress, as a short string: the step, and each device on its way to (or
-/// at) the update revision with the status it reports. A device starting, advancing or
+/// at) the update revision with the status it reports, `retarget` counted as already given (so
+/// the next plan does not see its own moves as progress again). A device starting, advancing or
 /// succeeding changes it; a device failing does not (failing is not progress).
-pub fn progress_mark(step: usize, update: &str, judge: &Judge, devices: &[&DeviceView]) -> String {
+pub fn progress_mark(
+    step: usize,
+    update: &str,
+    judge: &Judge,
+    devices: &[&DeviceView],
+    retarget: &[(String, String)],
+) -> String {
+    let given: std::collections::HashMap<&str, &str> = retarget
+        .iter()
+        .map(|(name, revision)| (name.as_str(), revision.as_str()))
+        .collect();
     let mut parts: Vec<String> = devices
         .iter()
-        .filter(|d| d.target.as_deref() == Some(update) || d.current.as_deref() == Some(update))
+        .filter(|d| {
+            let target = given.get(d.name.as_str()).copied().or(d.target.as_deref());
+            target == Some(update) || d.current.as_deref() == Some(update)
+        })
         .filter(|d| !judge.failed(d, update))
         .map(|d| {
             let at = if d.current.as_deref() == Some(update) {
@@ -328,21 +342,14 @@ fn track_progress(fleet: &FleetView<'_>, devices: &[DeviceView], plan: &mut Plan
         now: fleet.now,
         since: plan.memory.failures_since,
     };
-    // The fleet as this plan leaves it: its new targets count as already given, so the next
-    // plan does not see them as progress a second time.
-    let after: Vec<DeviceView> = devices
-        .iter()
-        .filter(|d| d.targetable(fleet))
-        .map(|d| {
-            let mut d = d.clone();
-            if let Some((_, revision)) = plan.retarget.iter().find(|(name, _)| *name == d.name) {
-                d.target = Some(revision.clone());
-            }
-            d
-        })
-        .collect();
-    let after: Vec<&DeviceView> = after.iter().collect();
-    let mark = progress_mark(plan.memory.step, fleet.update_revision, &judge, &after);
+    let targetable: Vec<&DeviceView> = devices.iter().filter(|d| d.targetable(fleet)).collect();
+    let mark = progress_mark(
+        plan.memory.step,
+        fleet.update_revision,
+        &judge,
+        &targetable,
+        &plan.retarget,
+    );
     let since = match &plan.memory.progress {
         Some((old, at)) if *old == mark => *at,
         _ => fleet.now,
