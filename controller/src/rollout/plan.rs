@@ -40,8 +40,9 @@ pub struct FleetView<'a> {
     pub abort: Option<&'a Abort>,
     /// `spec.retry`: runs the revision it names again from step 0.
     pub retry: Option<&'a Retry>,
-    /// The update revision already reached the whole fleet once (going back to it): no steps,
-    /// no pauses, no `maxUnavailable`, as an abort's way back.
+    /// The update revision already reached the whole fleet once. Going back to it (it is not
+    /// the stable revision now) takes no steps, no pauses, no `maxUnavailable`, as an abort's way
+    /// back; once it is stable again, devices that catch up or join go within `maxUnavailable`.
     pub fast_track: bool,
     /// The revision being rolled out (the template's, or `rollbackTo`).
     pub update_revision: &'a str,
@@ -566,7 +567,8 @@ fn plan_moves(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceVi
     // failed); its pause, if any, must then end before the next step starts. Going back to a
     // revision the whole fleet ran, or a promotion in full, skips them.
     let promoted_in_full = fleet.resume.is_some_and(|r| r.revision == update && r.full);
-    if fleet.fast_track || promoted_in_full {
+    let going_back = fleet.fast_track && fleet.stable_revision != Some(update);
+    if going_back || promoted_in_full {
         memory.step = memory.step.max(strategy.steps.len());
         memory.pause_started_at = None;
     }
@@ -608,7 +610,7 @@ fn plan_moves(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceVi
 
     // Start as many devices as the goal still needs and the budget of unavailable devices
     // allows. Devices that failed (also by their deadline) hold no slot.
-    let max_unavailable = if fleet.fast_track {
+    let max_unavailable = if going_back {
         usize::MAX
     } else {
         resolve(&strategy.max_unavailable, size, Round::Down)

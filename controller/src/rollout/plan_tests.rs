@@ -856,6 +856,14 @@ fn going_back_to_a_revision_the_fleet_ran_is_fast_tracked() {
         6,
         "no steps, no pauses, no maxUnavailable"
     );
+    // Once back and stable, devices that fall behind again go within maxUnavailable.
+    world.finish(|_| true);
+    assert_eq!(world.step().phase, Phase::Complete);
+    for d in world.devices.iter_mut().take(3) {
+        d.current = Some(OLD.into());
+        d.target = Some(OLD.into());
+    }
+    assert_eq!(world.step().retarget.len(), 1);
 }
 
 #[test]
