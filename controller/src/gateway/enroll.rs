@@ -223,8 +223,13 @@ async fn give_back(secrets: &Api<Secret>, name: &str, presented: &str) {
         let Ok(token) = read_token(secrets, name, presented).await else {
             return;
         };
-        if token.used == 0 || matches!(count_usage(secrets, &token, -1).await, Ok(Ok(()))) {
+        if token.used == 0 {
             return;
+        }
+        // Only a lost race is worth another try; a refused or failed write stays refused.
+        match count_usage(secrets, &token, -1).await {
+            Ok(Err(Lost)) => continue,
+            Ok(Ok(())) | Err(_) => return,
         }
     }
 }
