@@ -5,7 +5,7 @@ SHELL := bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help demo test test-steps env-up env-down env-status fmt-check clippy unit-test e2e-test crds
+.PHONY: help demo test test-steps env-up env-down env-status fmt-check clippy unit-test e2e-test crds image
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ unit-test: ## Unit tests (no cluster needed)
 
 e2e-test: env-up ## Integration tests against the real apiserver, registry and runc
 	$(CARGO) test -p edgevisor-e2e --locked --no-fail-fast -- --test-threads=4
+
+image: ## Build the controller/gateway image and push it (REGISTRY=host[:port], default: the local registry; TAG, ARCH)
+	controller/image/build
 
 crds: ## Regenerate the CRD YAML from the Rust types
 	$(CARGO) run -q -p edgevisor-crds --bin crdgen

@@ -20,6 +20,24 @@ pub enum Command {
     /// Run the device gateway: enrollment, targets by long-poll, device status, over HTTPS.
     /// Uses KUBECONFIG or the in-cluster ServiceAccount.
     Gateway(GatewayArgs),
+    /// Check that URLs answer (the image has no shell or curl): resolves each host with the
+    /// system resolver, GETs it, prints the status; exits non-zero on the first that does not
+    /// answer as expected. Used by `helm test`.
+    Probe(ProbeArgs),
+}
+
+#[derive(Parser)]
+pub struct ProbeArgs {
+    /// `URL` (expects a 2xx) or `STATUS=URL`, e.g. `401=https://gw:443/v1/devices/a/b/target`.
+    #[arg(required = true, value_parser = crate::probe::parse)]
+    pub probes: Vec<crate::probe::Probe>,
+    /// Do not verify HTTPS certificates (for a reachability check of a Service whose address
+    /// the certificate does not name).
+    #[arg(long)]
+    pub insecure_skip_tls_verify: bool,
+    /// Seconds each URL has to answer.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub timeout_seconds: u64,
 }
 
 #[derive(Parser)]

@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod leader;
 pub mod liveness;
 pub mod metrics;
+pub mod probe;
 pub mod reconcile;
 pub mod registry;
 pub mod render;

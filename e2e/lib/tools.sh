@@ -14,9 +14,14 @@ KUBERNETES_VERSION=${KUBERNETES_VERSION:-v1.37.2}
 # The etcd minor that this Kubernetes release is built and tested with (its go.mod requires v3.7).
 ETCD_VERSION=${ETCD_VERSION:-v3.7.3}
 HELM_VERSION=${HELM_VERSION:-v4.3.1}
+# The containerd whose CRI matches this kubelet (containerd 2.4 supports Kubernetes 1.37).
+CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
+ACTIONLINT_VERSION=${ACTIONLINT_VERSION:-v1.7.12}
 EDGEVISOR_CACHE=${EDGEVISOR_CACHE:-$HOME/.cache/edgevisor}
 # apache2-utils: htpasswd, for the registry that requires credentials in the tests.
-DEBIAN_PACKAGES=(runc docker-registry busybox-static openssl iproute2 curl jq lua5.4 apache2-utils buildah skopeo zstd)
+# containernetworking-plugins, iptables, conntrack: the node's pod network and kube-proxy.
+DEBIAN_PACKAGES=(runc docker-registry busybox-static openssl iproute2 curl jq lua5.4 apache2-utils buildah skopeo zstd
+  containernetworking-plugins iptables conntrack)
 
 log() { printf '[env] %s\n' "$*" >&2; }
 die() { printf '[env] error: %s\n' "$*" >&2; exit 1; }
@@ -64,11 +69,14 @@ go_build_cached() {
   echo "$dest"
 }
 
-_setup_kubernetes() {
-  local version=$1 out=$2 minor=${1#v1.}
+# _kubernetes_module VERSION PACKAGE... — a wrapper module that builds k8s.io/kubernetes commands.
+# Prints the -ldflags that stamp the version into them.
+_kubernetes_module() {
+  local version=$1 minor=${1#v1.}
+  shift
   minor=${minor%%.*}
-  local staging_version="v0.${1#v1.}"
-  go mod init edgevisor.dev/kube-build
+  local staging_version="v0.${version#v1.}"
+  go mod init edgevisor.dev/kube-build >&2
   go mod edit -go=1.26.0 -require="k8s.io/kubernetes@$version"
   # k8s.io/kubernetes replaces its staging modules with ./staging paths that do not exist in the
   # module zip: pin each to its published v0.X.Y instead.
@@ -78,24 +86,60 @@ _setup_kubernetes() {
   for m in $(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$gomod"); do
     go mod edit -replace="$m=$m@$staging_version"
   done
-  cat >tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
-  go mod tidy
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for m in "$@"; do printf '\t_ "%s"\n' "$m"; done
+    printf ')\n'
+  } >tools.go
+  go mod tidy >&2
   local pkg ldflags=""
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$out/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+  echo "-s -w $ldflags"
+}
+
+_setup_kubernetes() {
+  local version=$1 out=$2 ldflags
+  local cmds=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl)
+  ldflags=$(_kubernetes_module "$version" "${cmds[@]}")
+  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/" "${cmds[@]}"
+}
+
+# The node: the same Kubernetes build as the apiserver, in a cache entry of its own so that the
+# apiserver alone (unit tests, a machine without a node) does not wait for it.
+_setup_kubernetes_node() {
+  local version=$1 out=$2 ldflags
+  local cmds=(k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler
+    k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-proxy)
+  ldflags=$(_kubernetes_module "$version" "${cmds[@]}")
+  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/" "${cmds[@]}"
+}
+
+# containerd from its Go module: Debian's 1.6 lacks the CRI calls this kubelet makes. Its CRI
+# plugin is tested against the Kubernetes minor above (see ../shared/notes/one-node-cluster.md).
+_setup_containerd() {
+  local version=$1 out=$2
+  go mod init edgevisor.dev/containerd-build
+  go mod edit -go=1.26.0 -require="github.com/containerd/containerd/v2@$version"
+  local cmds=(github.com/containerd/containerd/v2/cmd/containerd
+    github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+    github.com/containerd/containerd/v2/cmd/ctr)
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for m in "${cmds[@]}"; do printf '\t_ "%s"\n' "$m"; done
+    printf ')\n'
+  } >tools.go
+  go mod tidy
+  CGO_ENABLED=0 go build -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+    -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$version" -o "$out/" "${cmds[@]}"
+}
+
+# actionlint, the GitHub Actions workflow linter, for .github/workflows.
+_setup_actionlint() {
+  local version=$1 out=$2
+  GOBIN=$out go install "github.com/rhysd/actionlint/cmd/actionlint@$version"
 }
 
 _setup_etcd() {
@@ -167,4 +211,20 @@ ensure_kstatus() {
   local dir
   dir=$(go_build_cached kstatus "$KSTATUS_VERSION" _setup_kstatus) || exit 1
   export KSTATUS_BIN=$dir/kstatus
+}
+
+# ensure_node_tools — the node's binaries (built once); exports KUBE_NODE_BIN (kubelet,
+# kube-proxy, kube-scheduler, kube-controller-manager) and NODE_BIN (containerd, its runc shim,
+# ctr).
+ensure_node_tools() {
+  local k c
+  k=$(go_build_cached kubernetes-node "$KUBERNETES_VERSION" _setup_kubernetes_node) || exit 1
+  c=$(go_build_cached containerd "$CONTAINERD_VERSION" _setup_containerd) || exit 1
+  export KUBE_NODE_BIN=$k NODE_BIN=$c
+}
+
+# ensure_node_tools_present — the same paths without building anything (for `down`).
+ensure_node_tools_present() {
+  export KUBE_NODE_BIN=$EDGEVISOR_CACHE/kubernetes-node-$KUBERNETES_VERSION
+  export NODE_BIN=$EDGEVISOR_CACHE/containerd-$CONTAINERD_VERSION
 }

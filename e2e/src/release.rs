@@ -14,6 +14,10 @@ pub const RELEASE_NAMESPACE: &str = "edgevisor-system";
 pub const RELEASE: &str = "edgevisor";
 
 static INSTALLED: OnceLock<()> = OnceLock::new();
+
+/// Values of a release whose controller and gateway run as local processes (under its
+/// ServiceAccounts' tokens), not as pods.
+pub const LOCAL_PROCESSES_VALUES: &str = "e2e/values/local-processes.yaml";
 static KUBECONFIGS: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
 
 /// Bootstrap-token Secrets the gateway may read, one per test that enrolls devices, so tests
@@ -46,6 +50,10 @@ pub fn install_chart(env: &Env) {
             RELEASE_NAMESPACE,
             "--create-namespace",
             "--force-conflicts",
+            // The controller and the gateway of this release run as local processes with its
+            // ServiceAccounts: no pods (they would pull the default image from the internet).
+            "--values",
+            LOCAL_PROCESSES_VALUES,
             "--set-json",
             &format!(
                 "gateway.bootstrapTokenSecrets={}",

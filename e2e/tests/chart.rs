@@ -157,6 +157,8 @@ fn chart_installs_with_least_privilege_and_uninstall_keeps_crds_and_objects() {
         "--namespace",
         &ns,
         "--force-conflicts",
+        "--values",
+        edgevisor_e2e::release::LOCAL_PROCESSES_VALUES,
         "--set-json",
         &selector,
     ])

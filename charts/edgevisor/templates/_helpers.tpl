@@ -26,7 +26,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "edgevisor.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
 {{- end -}}
 
 {{- define "edgevisor.controllerServiceAccount" -}}

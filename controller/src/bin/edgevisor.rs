@@ -1,6 +1,7 @@
 //! `edgevisor`: the cluster side of edgevisor. `edgevisor controller` runs the fleet
 //! controller (leader-elected, with /metrics, /healthz, /readyz); `edgevisor gateway` runs the
-//! device-facing HTTPS API (any number of replicas).
+//! device-facing HTTPS API (any number of replicas); `edgevisor probe` checks URLs answer (for
+//! `helm test`: the image has no shell).
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -16,6 +17,14 @@ async fn main() -> anyhow::Result<()> {
     // reqwest is built without a crypto provider of its own: use the one kube uses.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let command = Cli::parse().command;
+    if let Command::Probe(p) = &command {
+        return edgevisor_controller::probe::run(
+            &p.probes,
+            p.insecure_skip_tls_verify,
+            Duration::from_secs(p.timeout_seconds),
+        )
+        .await;
+    }
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
@@ -56,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
         }
+        Command::Probe(_) => {}
     }
     Ok(())
 }
