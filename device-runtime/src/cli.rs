@@ -17,7 +17,7 @@ pub struct RuntimeArgs {
     #[arg(long, env = "EDGEVISOR_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Group (name or gid) that owns the socket and may manage the device.
-    #[arg(long)]
+    #[arg(long, env = "EDGEVISOR_GROUP")]
     pub group: Option<String>,
     /// The device's policy: what a revision may ask of this device (host paths, setuid,
     /// capabilities, the manager role, tmpfs size). JSON; see SECURITY.md. Without the
@@ -25,23 +25,23 @@ pub struct RuntimeArgs {
     #[arg(long, env = "EDGEVISOR_POLICY")]
     pub policy: Option<PathBuf>,
     /// OCI runtime CLI (runc or crun).
-    #[arg(long, default_value = "runc")]
+    #[arg(long, env = "EDGEVISOR_OCI_RUNTIME", default_value = "runc")]
     pub oci_runtime: String,
     /// Bytes to keep free on the storage filesystem; writes that would eat into
     /// them are refused with 507.
-    #[arg(long, default_value_t = 16 << 20)]
+    #[arg(long, env = "EDGEVISOR_RESERVE_BYTES", default_value_t = 16 << 20)]
     pub reserve_bytes: u64,
     /// Revisions kept by garbage collection besides committed, trying and factory.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "EDGEVISOR_RETENTION", default_value_t = 3)]
     pub retention: usize,
     /// Rotate a container's log past this size.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, env = "EDGEVISOR_LOG_MAX_BYTES", default_value_t = 1 << 20)]
     pub log_max_bytes: u64,
     /// Seconds between SIGTERM and SIGKILL when stopping a container.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "EDGEVISOR_STOP_GRACE_SECONDS", default_value_t = 3)]
     pub stop_grace_seconds: u64,
     /// Shell command run by the `reboot` command (none: reboot is refused).
-    #[arg(long)]
+    #[arg(long, env = "EDGEVISOR_REBOOT_COMMAND")]
     pub reboot_command: Option<String>,
     /// Log level (error, warn, info, debug, trace).
     #[arg(long, default_value = "info", env = "EDGEVISOR_LOG")]

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use clap::Parser;
+use clap::builder::NonEmptyStringValueParser;
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
@@ -46,7 +47,7 @@ use edgevisor_protocol::registry_auth::{check_transport, parse_docker_config};
 #[command(name = "agent", version)]
 pub struct AgentArgs {
     /// Base URL of the gateway, e.g. https://gateway.example:8443.
-    #[arg(long, env = "EDGEVISOR_AGENT_GATEWAY")]
+    #[arg(long, env = "EDGEVISOR_AGENT_GATEWAY", value_parser = NonEmptyStringValueParser::new())]
     pub gateway: String,
     /// PEM file of the CA that signed the gateway's certificate. Only this CA is then
     /// trusted for the gateway; registries are checked against it and the system's roots.
@@ -68,7 +69,7 @@ pub struct AgentArgs {
     )]
     pub state_dir: PathBuf,
     /// This device's name (a DNS label): the name of its Device object.
-    #[arg(long, env = "EDGEVISOR_AGENT_NAME")]
+    #[arg(long, env = "EDGEVISOR_AGENT_NAME", value_parser = NonEmptyStringValueParser::new())]
     pub name: String,
     /// CPU architecture: amd64, arm64, arm/v7 or riscv64.
     #[arg(long, env = "EDGEVISOR_AGENT_ARCHITECTURE", default_value = default_architecture())]
@@ -77,7 +78,9 @@ pub struct AgentArgs {
     #[arg(long, env = "EDGEVISOR_AGENT_BOOTSTRAP_TOKEN_FILE")]
     pub bootstrap_token_file: Option<PathBuf>,
     /// Device metadata sent when enrolling (model, serial, OS), repeatable: --info model=rpi4.
-    #[arg(long = "info", value_name = "KEY=VALUE", value_parser = parse_info)]
+    /// In the environment, comma-separated: model=rpi4,serial=0042.
+    #[arg(long = "info", value_name = "KEY=VALUE", env = "EDGEVISOR_AGENT_INFO",
+          value_delimiter = ',', value_parser = parse_info)]
     pub info: Vec<(String, String)>,
     /// Docker config.json whose "auths" hold credentials for private registries.
     #[arg(long, env = "EDGEVISOR_AGENT_REGISTRY_AUTH")]
@@ -633,6 +636,22 @@ mod tests {
             AgentArgs::try_parse_from(v).is_err()
         };
         assert!(bad(&["--info", "novalue"]));
+        // An empty setting of the configuration file is a mistake, not a value.
+        let empty = |flag: &str| {
+            let mut v = vec![
+                "agent",
+                "--gateway",
+                "g",
+                "--name",
+                "n",
+                "--revision-key",
+                "k",
+            ];
+            let i = v.iter().position(|a| *a == flag).unwrap() + 1;
+            v[i] = "";
+            AgentArgs::try_parse_from(v).is_err()
+        };
+        assert!(empty("--gateway") && empty("--name"));
         assert!(bad(&["--wait-seconds", "61"]));
         assert!(bad(&["--parallel-downloads", "0"]));
         assert!(!bad(&[]));
