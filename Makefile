@@ -20,7 +20,7 @@ test: ## Everything: fmt, clippy, unit, chart and integration tests
 
 test-steps: env-up fmt-check clippy unit-test e2e-test
 
-env-up: ## Start etcd, kube-apiserver and the registry (builds them once)
+env-up: ## Start etcd, kube-apiserver, the registry and a node (builds them once)
 	e2e/env up
 
 env-down: ## Stop the local environment
@@ -38,7 +38,9 @@ clippy:
 unit-test: ## Unit tests (no cluster needed)
 	$(CARGO) test --workspace --locked --no-fail-fast --exclude edgevisor-e2e
 
-e2e-test: env-up ## Integration tests against the real apiserver, registry and runc
+# The image first: the chart tests install it on the node (the tests would build it, but inside
+# a test a cold build's output is hidden and its time counts against a timeout).
+e2e-test: env-up image ## Integration tests against the real apiserver, registry, node and runc
 	$(CARGO) test -p edgevisor-e2e --locked --no-fail-fast -- --test-threads=4
 
 image: ## Build the controller/gateway image and push it (REGISTRY=host[:port], default: the local registry; TAG, ARCH)

@@ -56,7 +56,7 @@ node_pki() {
 # node_kubeconfig NAME — a kubeconfig for component NAME with its client certificate.
 node_kubeconfig() {
   local name=$1 out=$NODE_DIR/$1.kubeconfig
-  cat >"$out.tmp" <<KC
+  install_file "$out" <<KC
 apiVersion: v1
 kind: Config
 clusters:
@@ -74,8 +74,7 @@ contexts:
   context: {cluster: local, user: $name}
 current-context: local
 KC
-  chmod 600 "$out.tmp"
-  mv "$out.tmp" "$out"
+  chmod 600 "$out"
 }
 
 node_address_up() {
@@ -189,17 +188,25 @@ C
     || die "pushing the pause image to the local registry failed"
 }
 
+# install_file PATH — writes standard input to PATH unless PATH holds exactly that already: a
+# running kube-proxy exits when its configuration file changes.
+install_file() {
+  local tmp="$1.tmp"
+  cat >"$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
+}
+
 node_write_configs() {
   mkdir -p "$NODE_DIR"/{containerd/root,containerd/state,containerd/certs.d,cni/net.d,kubelet,manifests}
   # The local registry, on plain HTTP.
   mkdir -p "$NODE_DIR/containerd/certs.d/127.0.0.1:$REGISTRY_PORT"
-  cat >"$NODE_DIR/containerd/certs.d/127.0.0.1:$REGISTRY_PORT/hosts.toml" <<TOML
+  install_file "$NODE_DIR/containerd/certs.d/127.0.0.1:$REGISTRY_PORT/hosts.toml" <<TOML
 server = "http://127.0.0.1:$REGISTRY_PORT"
 [host."http://127.0.0.1:$REGISTRY_PORT"]
   capabilities = ["pull", "resolve", "push"]
   skip_verify = true
 TOML
-  cat >"$NODE_DIR/containerd/config.toml" <<TOML
+  install_file "$NODE_DIR/containerd/config.toml" <<TOML
 version = 4
 root = "$NODE_DIR/containerd/root"
 state = "$NODE_DIR/containerd/state"
@@ -241,7 +248,7 @@ imports = []
         SystemdCgroup = false
 TOML
   # No loopback plugin: containerd brings lo up itself.
-  cat >"$NODE_DIR/cni/net.d/10-edgevisor.conflist" <<JSON
+  install_file "$NODE_DIR/cni/net.d/10-edgevisor.conflist" <<JSON
 {
   "cniVersion": "1.0.0",
   "name": "edgevisor-node",
@@ -252,9 +259,7 @@ TOML
   ]
 }
 JSON
-  local fs_avail_pct
-  fs_avail_pct=$(df --output=pcent "$NODE_DIR" | tail -1 | tr -dc 0-9)
-  cat >"$NODE_DIR/kubelet/config.yaml" <<YAML
+  install_file "$NODE_DIR/kubelet/config.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $NODE_IP
@@ -280,12 +285,12 @@ resolvConf: /etc/resolv.conf
 podCIDR: $POD_CIDR
 maxPods: 60
 serializeImagePulls: false
-# A test machine's disk is often fuller than the defaults allow ($fs_avail_pct % used here).
+# A test machine's disk is often fuller than the defaults allow.
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 YAML
-  cat >"$NODE_DIR/kube-proxy.yaml" <<YAML
+  install_file "$NODE_DIR/kube-proxy.yaml" <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection:
@@ -374,6 +379,9 @@ node_iptables_down() {
 # node_down — stops the pods and the node's processes and removes what they left on the host.
 node_down() {
   local name id
+  # Host-wide state (iptables chains, the pod bridge, cgroupRoot) is removed only by the
+  # environment that made it: one whose node directory exists.
+  [ -d "$NODE_DIR" ] || return 0
   # The pods first, while containerd still runs: their tasks are killed and their sandboxes'
   # network namespaces released.
   if pid_of kubelet >/dev/null; then stop_component kubelet; fi

@@ -23,6 +23,7 @@ pub mod kstatus;
 pub mod measure;
 pub mod netns;
 pub mod plugin;
+pub mod pods;
 pub mod process;
 pub mod release;
 pub mod story;

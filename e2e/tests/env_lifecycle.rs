@@ -1,5 +1,5 @@
-//! `e2e/env` itself, on an environment of its own (its own directory and ports, beside the one
-//! the other tests use): `up` reports a taken port clearly, `down` leaves no process running and
+//! `e2e/env` itself, on an environment of its own (its own directory and ports, without a node,
+//! beside the one the other tests use): `up` reports a taken port clearly, `down` leaves no process running and
 //! no port taken.
 use std::net::TcpListener;
 use std::path::Path;
@@ -7,8 +7,10 @@ use std::path::Path;
 use edgevisor_e2e::Env;
 
 fn env_script(env: &Env, dir: &Path, args: &[&str]) -> edgevisor_e2e::Cmd {
+    // No node: one runs already (the other tests'), and a machine has room for one only.
     env.command_in_repo("e2e/env", args)
         .env("EDGEVISOR_ENV_DIR", dir.to_string_lossy())
+        .env("EDGEVISOR_NODE", "off")
 }
 
 fn pids(dir: &Path) -> Vec<u32> {
