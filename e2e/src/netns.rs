@@ -17,9 +17,10 @@
 //! the root namespace, which is what [`TcpForward`] is for.
 //!
 //! `k` and the prefix keep users apart; taken so far: 21 (`device_story`), 31 and 32
-//! (`tests/netns.rs`); 50 and up are the demo's (`demo-story`, prefix `evdemo`, 50 by
-//! default). Creating a `Lan` deletes the leftovers of an earlier one with the same prefix (a
-//! test killed before its `Drop`), and refuses a subnet another interface already uses.
+//! (`tests/netns.rs`), 41 (`tests/device_package.rs`, prefix `evpkg`); 50 and up are the
+//! demo's (`demo-story`, prefix `evdemo`, 50 by default). Creating a `Lan` deletes the
+//! leftovers of an earlier one with the same prefix (a test killed before its `Drop`), and
+//! refuses a subnet another interface already uses.
 //!
 //! Commands run in a namespace with `nsenter --net`, not `ip netns exec`: the latter also
 //! remounts `/sys` in a new mount namespace, which hides `/sys/fs/cgroup`, and runc needs it.
