@@ -34,18 +34,23 @@ pub fn controller_kubeconfig(env: &Env) -> &'static Path {
 pub const SIGNING_KEY_SECRET: &str = "edgevisor-revision-signing-key";
 
 /// The controller's revision-signing public key as a device's `--revision-key` file, read the
-/// way an operator would (from the Secret), once a controller has created it.
-pub async fn revision_public_key(client: &kube::Client) -> anyhow::Result<String> {
+/// way an operator would (from the Secret `namespace`/`secret`), once a controller has created
+/// it.
+pub async fn revision_public_key(
+    client: &kube::Client,
+    namespace: &str,
+    secret: &str,
+) -> anyhow::Result<String> {
     use anyhow::Context as _;
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
-        kube::Api::namespaced(client.clone(), RELEASE_NAMESPACE);
+        kube::Api::namespaced(client.clone(), namespace);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let secret = secrets
-            .get_opt(SIGNING_KEY_SECRET)
+        let secret_object = secrets
+            .get_opt(secret)
             .await
             .context("reading the revision-signing Secret")?;
-        if let Some(key) = secret
+        if let Some(key) = secret_object
             .as_ref()
             .and_then(|s| s.data.as_ref())
             .and_then(|d| d.get("ed25519.pub"))
@@ -54,7 +59,7 @@ pub async fn revision_public_key(client: &kube::Client) -> anyhow::Result<String
         }
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
-            "no controller filled {RELEASE_NAMESPACE}/{SIGNING_KEY_SECRET} within a minute"
+            "no controller filled {namespace}/{secret} within a minute"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

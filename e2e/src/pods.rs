@@ -152,10 +152,6 @@ impl PodRelease {
             "gateway.replicas=1".to_string(),
             "gateway.tls.secretName=gateway-tls".to_string(),
             format!("gateway.service.clusterIP={gateway_ip}"),
-            format!(
-                "gateway.bootstrapTokenSecrets={{{}}}",
-                "edgevisor-bootstrap-token"
-            ),
         ] {
             args.push("--set".into());
             args.push(set);
@@ -183,6 +179,61 @@ impl PodRelease {
             gateway_ip,
             tls,
         })
+    }
+
+    /// The chart's `edgevisor.fullname`: the prefix of every object of the release.
+    pub fn fullname(&self) -> String {
+        if self.name.contains("edgevisor") {
+            self.name.clone()
+        } else {
+            format!("{}-edgevisor", self.name)
+        }
+    }
+
+    /// The Secret whose `ed25519.pub` devices are given.
+    pub fn signing_key_secret(&self) -> String {
+        format!("{}-revision-signing-key", self.fullname())
+    }
+
+    /// The pod's address (reachable from the host: the node's pod network is routed here).
+    pub fn pod_ip(&self, env: &Env, pod: &str) -> anyhow::Result<String> {
+        let ip = env
+            .kubectl([
+                "get",
+                "pod",
+                pod,
+                "-n",
+                &self.namespace,
+                "-o",
+                "jsonpath={.status.podIP}",
+            ])
+            .run()
+            .checked("reading a pod's IP")?;
+        ensure!(!ip.trim().is_empty(), "pod {pod} has no IP yet");
+        Ok(ip.trim().to_string())
+    }
+
+    /// `kubectl logs` of `component`'s Deployment (its current pod), the last `tail` lines.
+    pub fn logs(&self, env: &Env, component: &str, tail: usize) -> String {
+        let run = env
+            .kubectl([
+                "logs",
+                "-n",
+                &self.namespace,
+                &format!("deployment/{}-{component}", self.fullname()),
+                &format!("--tail={tail}"),
+            ])
+            .run();
+        format!("{}{}", run.stdout, run.stderr)
+    }
+
+    /// The command a user runs for `component`'s logs.
+    pub fn logs_command(&self, component: &str) -> String {
+        format!(
+            "kubectl logs -n {} deployment/{}-{component}",
+            self.namespace,
+            self.fullname()
+        )
     }
 
     /// The name of the running pod of `component` (`controller` or `gateway`); fails unless

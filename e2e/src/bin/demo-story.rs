@@ -1,14 +1,13 @@
 //! `make demo`: the device story (`edgevisor_e2e::story`, the one `tests/device_story.rs`
 //! checks) told to a user, with a live view of the Devices and the Fleet, and a summary.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use edgevisor_e2e::Env;
 use edgevisor_e2e::devices::require_tools;
 use edgevisor_e2e::netns::remove_leftovers;
-use edgevisor_e2e::release::{RELEASE_NAMESPACE, TOKEN_SECRETS};
 use edgevisor_e2e::story::{self, DEVICES, FLEET, Narrator, StoryOptions, Summary, indent};
 
 /// The network prefix of the demo's LAN (namespaces `evdemo-<i>`, bridge `evdemobr`);
@@ -19,19 +18,23 @@ const DEVICE_DIR: &str = "/tmp/edgevisor-demo";
 
 /// Tell the edgevisor story with five real devices.
 ///
-/// Five devices, each a real update runtime (containers run by runc) and a real agent in a
-/// network namespace of its own, enroll through the gateway with one bootstrap token. The
-/// controller rolls a Fleet out to them: v1 to everyone; v2 to one canary first, then waits
-/// until the rollout is resumed (with `kubectl patch`, printed and run); a broken v3 that the
-/// canary rolls back by itself and that aborts the rollout. Then one device is revoked and the
-/// gateway refuses it, and a one-layer change shows what a device downloads.
+/// The chart is installed on the local node (Helm release `edgevisor-demo`, namespace
+/// `edgevisor-demo-system`): the controller and the gateway run as pods of the image `make
+/// image` builds. Five devices, each a real update runtime (containers run by runc) and a real
+/// agent in a network namespace of its own, enroll through the gateway's Service with one
+/// bootstrap token. The controller rolls a Fleet out to them: v1 to everyone (then the gateway's
+/// pod is deleted and the agents reconnect to the new one); v2 to one canary first, then waits
+/// until the rollout is resumed (`kubectl edgevisor rollout promote`, printed and run), and
+/// finishes although the controller's pod is deleted mid-rollout; a broken v3 that the canary
+/// rolls back by itself and that aborts the rollout. Then one device is revoked and the gateway
+/// refuses it, and a one-layer change shows what a device downloads.
 ///
 /// While it runs, a line is printed whenever a Device or the Fleet changes (like
-/// `kubectl get -w`). At the end the devices, the gateway and the controller (children of this
-/// program) are stopped; the Fleet, its FleetRevisions and the Devices stay in the cluster to be
-/// explored. Needs root, the environment of `e2e/env up`, and the workspace built
-/// (`e2e/demo` does all that: `make demo`). Safe to run again: the namespace's Fleets,
-/// FleetRevisions, Devices and events are deleted first.
+/// `kubectl get -w`). At the end the devices (children of this program) are stopped; the
+/// release, the Fleet, its FleetRevisions and the Devices stay in the cluster to be explored.
+/// Needs root, the environment of `e2e/env up`, the image and the workspace built (`e2e/demo`
+/// does all that: `make demo`). Safe to run again: the namespace's Fleets, FleetRevisions,
+/// Devices and events are deleted first, and the release is upgraded.
 #[derive(Parser)]
 #[command(about, long_about)]
 struct Cli {
@@ -41,8 +44,10 @@ struct Cli {
     /// The devices' LAN is 10.213.<SUBNET>.0/24 (21, 31 and 32 are the tests').
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(50..=254))]
     subnet: u8,
-    /// The bootstrap-token Secret (in edgevisor-system) the devices enroll with; the chart's
-    /// default, or one of the test Secrets the e2e release lets the gateway read.
+    /// The Helm release of the controller and the gateway (in namespace `<RELEASE>-system`).
+    #[arg(long, default_value = "edgevisor-demo", value_parser = release_name)]
+    release: String,
+    /// The bootstrap-token Secret (in the release's namespace) the devices enroll with.
     #[arg(long, default_value = "edgevisor-bootstrap-token")]
     token_secret: String,
     /// No live view: only the steps and the summary.
@@ -62,23 +67,31 @@ async fn main() -> ExitCode {
     }
 }
 
+/// A Helm release name short enough for the chart's object names (a DNS label).
+fn release_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 30
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    ok.then(|| s.to_string())
+        .ok_or_else(|| format!("{s:?}: lowercase letters, digits and '-', at most 30"))
+}
+
 async fn demo(cli: Cli) -> anyhow::Result<()> {
-    if !TOKEN_SECRETS.contains(&cli.token_secret.as_str()) {
-        bail!("--token-secret must be one of {TOKEN_SECRETS:?}: the gateway may read only those");
-    }
     require_tools()?;
     let env = Env::try_get()?;
     let n = Narrator::stdout();
     let env_dir = std::env::var_os("EDGEVISOR_ENV_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| env.repo.join("target/e2e-env"));
-    let pid_file = env_dir.join("demo.pids");
     let ns = cli.namespace.clone();
 
     n.step(&format!(
         "emptying namespace {ns} (Fleets, FleetRevisions, Devices and events of an earlier demo)"
     ));
-    stop_leftovers(&pid_file)?;
+    stop_leftovers()?;
     story::reset_namespace(env, &ns)
         .await
         .with_context(|| format!("emptying namespace {ns}"))?;
@@ -87,25 +100,22 @@ async fn demo(cli: Cli) -> anyhow::Result<()> {
         namespace: ns.clone(),
         lan_prefix: LAN_PREFIX.to_string(),
         subnet: cli.subnet,
+        release: cli.release.clone(),
         token_secret: cli.token_secret.clone(),
-        controller_identity: "demo".to_string(),
         work_dir: env_dir.join("demo"),
         device_dir: PathBuf::from(DEVICE_DIR),
         narrator: n.clone(),
         live_view: !cli.quiet,
-        pid_file: Some(pid_file.clone()),
         idle: std::time::Duration::ZERO,
     };
     // Ctrl-C, a closed terminal or `kill` stop the story: dropping it stops the devices (which
-    // run in process groups of their own, out of the terminal's reach), the gateway and the
-    // controller, and removes the LAN.
+    // run in process groups of their own, out of the terminal's reach) and removes the LAN.
     let result = tokio::select! {
         result = story::run(env, &options) => result,
         signal = stop_signal() => Err(anyhow::anyhow!(
-            "stopped by {signal}; the devices, the gateway and the controller were stopped"
+            "stopped by {signal}; the devices were stopped (the release stays installed)"
         )),
     };
-    let _ = std::fs::remove_file(&pid_file);
     // Emptied by the devices as they stop, unless the story failed and they kept their logs.
     let _ = std::fs::remove_dir(DEVICE_DIR);
     let summary = result?;
@@ -131,21 +141,9 @@ async fn stop_signal() -> &'static str {
     }
 }
 
-/// What an earlier demo killed before it could clean up left running: its controller and
-/// gateway (their pids in `pid_file`), and whatever runs in its network namespaces (runtimes,
-/// agents), which are then removed.
-fn stop_leftovers(pid_file: &Path) -> anyhow::Result<()> {
-    if let Ok(text) = std::fs::read_to_string(pid_file) {
-        for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains("edgevisor")
-                && let Some(pid) = rustix::process::Pid::from_raw(pid)
-            {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-        }
-        let _ = std::fs::remove_file(pid_file);
-    }
+/// What an earlier demo killed before it could clean up left running: whatever runs in its
+/// network namespaces (runtimes, agents), which are then removed.
+fn stop_leftovers() -> anyhow::Result<()> {
     let namespaces = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
@@ -216,16 +214,21 @@ fn tell(env: &Env, n: &Narrator, s: &Summary) {
         ),
         format!(
             "v1 ({v1}) went to all {DEVICES} at once; each device downloaded {v1_bytes} bytes: both \
-             images, busybox and the app. Then the gateway was killed and started again: it \
-             keeps no state, and every agent was back on its long-poll within seconds.",
+             images, busybox and the app. Then the gateway's pod was deleted: the gateway keeps \
+             no state, and every agent was back on its long-poll, with the new pod, within \
+             seconds.",
             v1 = r.v1,
         ),
         format!(
             "v2 ({v2}) went to one canary first, {canary}; the rollout waited for a human until \
-             `kubectl patch … resume`, then the other {others} followed, 2 at a time.",
+             `kubectl edgevisor rollout promote`, then the other {others} followed, 2 at a time. \
+             Mid-rollout the controller's pod {old} was deleted; the new pod {new} took the Lease \
+             and finished the rollout, and no device was retargeted twice.",
             v2 = r.v2,
             canary = s.canary,
             others = DEVICES - 1,
+            old = s.controller_pods.0,
+            new = s.controller_pods.1,
         ),
         format!(
             "v3 ({v3}) was broken: its app exits with code 3. The canary {canary} tried it, \
@@ -271,11 +274,10 @@ fn tell(env: &Env, n: &Narrator, s: &Summary) {
         ));
     }
 
-    let relative = |p: &Path| p.strip_prefix(&env.repo).unwrap_or(p).display().to_string();
     n.raw(&format!(
-        "\nThe story took {secs:.0}s. The devices, the gateway and the controller ran as children of the demo
-and are stopped now; the Fleet, its FleetRevisions and the Devices stay in the cluster (the
-Devices as they last reported) for you to explore:
+        "\nThe story took {secs:.0}s. The devices ran as children of the demo and are stopped now;
+the controller and the gateway still run as pods, and the Fleet, its FleetRevisions and the
+Devices stay in the cluster (the Devices as they last reported) for you to explore:
 {commands}
 Logs: {controller}, {gateway}
 Run it again with `make demo`; stop the cluster with `e2e/env down`.",
@@ -287,16 +289,15 @@ Run it again with `make demo`; stop the cluster with `e2e/env down`.",
                  kubectl describe fleet {FLEET} -n {ns}\n\
                  kubectl get fleetrevisions -n {ns}\n\
                  kubectl get events -n {ns} --sort-by=.lastTimestamp\n\
-                 kubectl get secret {} -n {RELEASE_NAMESPACE} -o yaml",
-                s.token_secret
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or("edgevisor-bootstrap-token")
+                 kubectl get pods -n {release_ns} -o wide\n\
+                 kubectl get secret {secret} -n {release_ns} -o yaml",
+                release_ns = s.token_secret.split('/').next().unwrap_or_default(),
+                secret = s.token_secret.rsplit('/').next().unwrap_or_default(),
             ),
             "  "
         ),
-        controller = relative(&s.controller_log),
-        gateway = relative(&s.gateway_log),
+        controller = s.controller_logs,
+        gateway = s.gateway_logs,
     ));
 }
 

@@ -12,6 +12,13 @@ impl World {
         self.n.say(
             "strategy: steps [{devices: 1, pause: {untilResumed: true}}], maxUnavailable 2, failureThreshold 1",
         );
+        // Each Device's generation before: every change of its spec (its target) bumps it.
+        let generations: BTreeMap<String, i64> = self
+            .all_devices()
+            .await
+            .into_iter()
+            .map(|(name, d)| (name, d.metadata.generation.unwrap_or_default()))
+            .collect();
         self.apply(fleet(t2, true)).await?;
         let phase = Phase::new(format!("the canary runs {v2}, the rollout waits"));
         let mut most_targeted = 0;
@@ -58,6 +65,7 @@ impl World {
             "the plugin does not show the wait:\n{view}"
         );
         self.plugin(&["rollout", "promote", FLEET], "promote", &[0])?;
+        self.delete_controller_mid_rollout(v2).await?;
         let phase = Phase::new(format!("resumed: {v2} on every device"));
         loop {
             let all = self.all_devices().await;
@@ -71,6 +79,94 @@ impl World {
             phase.tick(self).await?;
         }
         phase.done(self);
+        // The new pod finished the rollout: it holds the Lease, and no device was retargeted
+        // twice (one spec change each: v1 to v2).
+        let (old, new) = self.controller_pods.clone();
+        let holder = self.kubectl(
+            &[
+                "get",
+                "lease",
+                "edgevisor-controller",
+                "-n",
+                &self.release.namespace,
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+            "the controller's Lease",
+        )?;
+        ensure!(
+            holder.trim() == new && new != old,
+            "the Lease is held by {holder:?}, not the new controller pod {new}"
+        );
+        for (name, d) in self.all_devices().await {
+            let before = generations.get(&name).copied().unwrap_or_default();
+            let changes = d.metadata.generation.unwrap_or_default() - before;
+            ensure!(
+                changes == 1,
+                "{name}'s spec changed {changes} times during the v2 rollout (retargeted twice?)"
+            );
+        }
+        self.n.say(&format!(
+            "the new controller pod {new} holds the Lease; each device's spec changed once"
+        ));
         Ok(canary)
+    }
+
+    /// Once the promoted rollout is under way (devices besides the canary started, not all
+    /// done), deletes the controller's pod; records the old pod and the one that replaces it.
+    async fn delete_controller_mid_rollout(&mut self, v2: &str) -> anyhow::Result<()> {
+        let old = self.release.pod(self.env, "controller")?;
+        let phase = Phase::new("the promoted rollout under way");
+        loop {
+            let all = self.all_devices().await;
+            let targeted = all.values().filter(|d| target(d) == Some(v2)).count();
+            let done = all.values().filter(|d| done_on(d, v2)).count();
+            ensure!(
+                done < DEVICES,
+                "every device finished before the controller's pod could be deleted mid-rollout"
+            );
+            if targeted > 1 {
+                break;
+            }
+            phase.tick(self).await?;
+        }
+        phase.done(self);
+        self.n
+            .step("deleting the controller's pod mid-rollout; another replica must take over");
+        self.kubectl(
+            &[
+                "delete",
+                "pod",
+                &old,
+                "-n",
+                &self.release.namespace,
+                "--wait=false",
+            ],
+            "deleting the controller pod",
+        )?;
+        let phase = Phase::new("a new controller pod leads");
+        let new = loop {
+            let holder = self
+                .env
+                .kubectl([
+                    "get",
+                    "lease",
+                    "edgevisor-controller",
+                    "-n",
+                    &self.release.namespace,
+                    "-o",
+                    "jsonpath={.spec.holderIdentity}",
+                ])
+                .run()
+                .stdout;
+            let holder = holder.trim();
+            if !holder.is_empty() && holder != old {
+                break holder.to_string();
+            }
+            phase.tick(self).await?;
+        };
+        phase.done(self);
+        self.controller_pods = (old, new);
+        Ok(())
     }
 }

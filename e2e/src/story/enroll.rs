@@ -24,13 +24,17 @@ impl World {
         let phase = Phase::new(format!(
             "{DEVICES} devices enrolled and reported their architecture"
         ));
-        let revision_key =
-            crate::controller::revision_public_key(&self.devices_api.clone().into()).await?;
+        let revision_key = crate::controller::revision_public_key(
+            &self.devices_api.clone().into(),
+            &self.release.namespace,
+            &self.release.signing_key_secret(),
+        )
+        .await?;
         n.say(&format!(
             "Each device is also given the controller's revision-signing public key (Secret {}/{}, \
              ed25519.pub): it installs only states the controller signed.",
-            crate::controller::RELEASE_NAMESPACE,
-            crate::controller::SIGNING_KEY_SECRET,
+            self.release.namespace,
+            self.release.signing_key_secret(),
         ));
         for i in 0..DEVICES {
             let name = format!("edge-{i}");
@@ -38,7 +42,7 @@ impl World {
                 &name,
                 self.lan.netns(i),
                 &self.options.device_dir,
-                &self.gateway.url,
+                &self.gateway_url,
                 &self.tls.ca_cert,
                 &self.token.token,
             );
@@ -60,9 +64,12 @@ impl World {
             self.devices.push(device);
         }
         for device in &mut self.devices {
-            let credential = device
-                .wait_enrolled(ENROLL)
-                .map_err(|e| anyhow!("{e:#}\ngateway:\n{}", self.gateway.log_tail()))?;
+            let credential = device.wait_enrolled(ENROLL).map_err(|e| {
+                anyhow!(
+                    "{e:#}\ngateway:\n{}",
+                    self.release.logs(self.env, "gateway", 30)
+                )
+            })?;
             ensure!(
                 (credential.namespace.as_str(), credential.name.as_str())
                     == (self.ns.as_str(), device.name()),

@@ -1,35 +1,38 @@
-//! Between chapters: the gateway is killed and restarted; the agents reconnect.
+//! Between chapters: the gateway's pod is deleted; its Deployment starts another and the agents
+//! reconnect to it through the Service.
 
 use super::*;
 
 impl World {
-    /// Between steps: the gateway dies (SIGKILL) and comes back. It keeps no state, so the
-    /// agents only have to reconnect, with the credentials they stored.
+    /// Between steps: the gateway's pod goes (`kubectl delete pod`) and a new one comes. The
+    /// gateway keeps no state, so the agents only have to reconnect, with the credentials they
+    /// stored.
     pub(super) async fn restart_gateway(&mut self) -> anyhow::Result<()> {
+        let old = self.release.pod(self.env, "gateway")?;
         self.n
-            .step("killing the gateway (SIGKILL) and starting it again");
-        self.n.say("it keeps no state: the agents retry with backoff and long-poll again with their stored credentials");
-        self.gateway.kill();
-        self.gateway =
-            Gateway::start(self.env, &self.gateway_options).context("restarting the gateway")?;
-        if let Some(pid_file) = &self.options.pid_file {
-            std::fs::write(
-                pid_file,
-                format!("{}\n{}\n", self.controller.pid(), self.gateway.pid()),
-            )
-            .with_context(|| format!("writing {}", pid_file.display()))?;
-        }
-        let phase = Phase::new(format!("all {DEVICES} agents long-poll the new gateway"));
-        let metrics = format!("http://{}/metrics", self.gateway.metrics);
+            .step("deleting the gateway's pod; its Deployment starts another");
+        self.n.say("it keeps no state: the agents retry with backoff and long-poll the new pod through the Service with their stored credentials");
+        self.kubectl(
+            &[
+                "delete",
+                "pod",
+                &old,
+                "-n",
+                &self.release.namespace,
+                "--grace-period=1",
+                "--wait=false",
+            ],
+            "deleting the gateway pod",
+        )?;
+        let phase = Phase::new(format!(
+            "all {DEVICES} agents long-poll the new gateway pod"
+        ));
         loop {
-            let waiting = match reqwest::get(&metrics).await {
-                Ok(r) => r.text().await.unwrap_or_default(),
-                Err(_) => String::new(),
-            }
-            .lines()
-            .find_map(|l| l.strip_prefix("edgevisor_gateway_waiting_polls "))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
+            // While the old pod terminates, two may run: wait for the new one alone.
+            let waiting = match self.release.pod(self.env, "gateway") {
+                Ok(pod) if pod != old => self.waiting_polls(&pod).await,
+                _ => 0,
+            };
             if waiting >= DEVICES {
                 break;
             }
@@ -37,5 +40,20 @@ impl World {
         }
         phase.done(self);
         Ok(())
+    }
+
+    /// The long-polls `pod` holds open, from its metrics (0 when it does not answer).
+    async fn waiting_polls(&self, pod: &str) -> usize {
+        let Ok(ip) = self.release.pod_ip(self.env, pod) else {
+            return 0;
+        };
+        match reqwest::get(format!("http://{ip}:8080/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+        .lines()
+        .find_map(|l| l.strip_prefix("edgevisor_gateway_waiting_polls "))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0)
     }
 }

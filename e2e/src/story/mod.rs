@@ -1,14 +1,16 @@
 //! The whole story with real devices, told by the end-to-end test (`tests/device_story.rs`) and
-//! by the demo (`make demo`, the `demo-story` binary) alike: a real apiserver, registry,
-//! controller and gateway, and five devices, each a real runtime (containers run by runc) and a
-//! real agent in a network namespace of its own, reaching the gateway and the registry over a
-//! bridge.
+//! by the demo (`make demo`, the `demo-story` binary) alike: a real apiserver, registry and node;
+//! the controller and the gateway as pods of the image `make image` builds, installed with Helm;
+//! and five devices, each a real runtime (containers run by runc) and a real agent in a network
+//! namespace of its own, reaching the gateway through its Service and the registry over a bridge.
 //!
 //! 1. All five enroll with one bootstrap token and appear as Devices (amd64).
 //! 2. Fleet v1 (two busybox containers) reaches every device: updates DONE, `Ready=True`,
-//!    containers running (in `Device.status` and in the runtime itself).
+//!    containers running (in `Device.status` and in the runtime itself). Then the gateway's pod
+//!    is deleted; the agents reconnect to the new one.
 //! 3. v2 with a canary step that waits to be resumed: one device goes first, alone; after
-//!    `kubectl edgevisor rollout promote`, all five run v2.
+//!    `kubectl edgevisor rollout promote`, all five run v2, although the controller's pod is
+//!    deleted mid-rollout: the new pod leads, and no device is retargeted twice.
 //! 4. A broken v3 (a container exits 3): the canary tries it, rolls back to v2 by itself and
 //!    reports `ERROR` with the cause; the rollout aborts and nobody else ever targets v3.
 //! 5. A revoked device's credential is refused (403), and so is a device naming another.
@@ -37,13 +39,13 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use crate::Env;
-use crate::controller::{self, Controller};
 use crate::devices::{DeviceOptions, RealDevice, require_tools};
-use crate::gateway::{self, BootstrapToken, Gateway, apply_bootstrap_token};
+use crate::gateway::{BootstrapToken, apply_bootstrap_token};
 use crate::images::{AppImage, AppImageSpec, Registry, push_app_image};
 use crate::netns::{Lan, TcpForward};
-use crate::process::{free_port_on, log_tail};
-use crate::tls::{TlsFiles, make_server_cert};
+use crate::pods::PodRelease;
+use crate::process::log_tail;
+use crate::tls::TlsFiles;
 
 mod broken_v3;
 mod canary_v2;
@@ -88,11 +90,12 @@ pub struct StoryOptions {
     /// `10.213.<subnet>.0/24`.
     pub lan_prefix: String,
     pub subnet: u8,
-    /// The bootstrap-token Secret (in the release namespace) the devices enroll with; one of
-    /// [`crate::release::TOKEN_SECRETS`], which the chart lets the gateway read.
+    /// The Helm release of the controller and the gateway (installed, or upgraded, in
+    /// namespace `<release>-system`, managing only `namespace`).
+    pub release: String,
+    /// The bootstrap-token Secret (in the release namespace) the devices enroll with; the
+    /// release's gateway may read it.
     pub token_secret: String,
-    /// The controller's identity in its Lease.
-    pub controller_identity: String,
     /// Certificates and other files of the cluster side (removed at the end unless it fails).
     pub work_dir: PathBuf,
     /// The devices' directories (`<device_dir>/<name>`; removed at the end unless it fails).
@@ -102,32 +105,29 @@ pub struct StoryOptions {
     pub narrator: Narrator,
     /// Print a line whenever a Device's or the Fleet's status changes (like `kubectl get -w`).
     pub live_view: bool,
-    /// Write the controller's and the gateway's process ids here while they run (so that
-    /// `e2e/env down` can stop what a killed demo left behind).
-    pub pid_file: Option<PathBuf>,
     /// How long the devices rest after the last chapter before the canary's memory is
     /// read (`e2e/bench/device` sets it; zero reads at once).
     pub idle: Duration,
 }
 
 impl StoryOptions {
-    /// The story in `namespace`, on LAN `10.213.<subnet>.0/24`, with the test defaults: token
-    /// Secret `e2e-token-story`, files under `target/e2e-env/story-<pid>` and
-    /// `/tmp/edgevisor-e2e/story-<pid>`, narration on standard error, no live view.
+    /// The story in `namespace`, on LAN `10.213.<subnet>.0/24`, with the test defaults: release
+    /// `evstory` (upgraded by each run: its Service keeps a fixed address), token Secret `e2e-token-story`, files under
+    /// `target/e2e-env/story-<pid>` and `/tmp/edgevisor-e2e/story-<pid>`, narration on standard
+    /// error, no live view.
     pub fn new(env: &Env, namespace: &str, lan_prefix: &str, subnet: u8) -> StoryOptions {
         let pid = std::process::id();
         StoryOptions {
             namespace: namespace.to_string(),
             lan_prefix: lan_prefix.to_string(),
             subnet,
+            release: "evstory".to_string(),
             token_secret: "e2e-token-story".to_string(),
-            controller_identity: "story".to_string(),
             work_dir: env.repo.join(format!("target/e2e-env/story-{pid}")),
             device_dir: PathBuf::from(format!("/tmp/edgevisor-e2e/story-{pid}")),
             narrator: Narrator::stderr(),
             idle: Duration::ZERO,
             live_view: false,
-            pid_file: None,
         }
     }
 }
@@ -193,9 +193,11 @@ pub struct Summary {
     pub phases: Vec<(String, Duration)>,
     /// How long the whole story took.
     pub elapsed: Duration,
-    /// The controller's and the gateway's logs.
-    pub controller_log: PathBuf,
-    pub gateway_log: PathBuf,
+    /// The commands that show the controller's and the gateway's logs.
+    pub controller_logs: String,
+    pub gateway_logs: String,
+    /// The controller pod that was deleted mid-rollout, and the one that finished it.
+    pub controller_pods: (String, String),
 }
 
 impl Summary {
@@ -224,9 +226,9 @@ struct Images {
 struct World {
     devices: Vec<RealDevice>,
     _live_view: Option<LiveView>,
-    gateway: Gateway,
-    gateway_options: gateway::Options,
-    controller: Controller,
+    release: PodRelease,
+    /// The gateway's Service, as devices reach it.
+    gateway_url: String,
     forward: TcpForward,
     lan: Lan,
     env: &'static Env,
@@ -239,9 +241,11 @@ struct World {
     tls: TlsFiles,
     token: BootstrapToken,
     images: Images,
-    /// Log files printed when the story fails.
+    /// Log files printed when the story fails (the pods' logs are printed too).
     logs: Vec<(String, PathBuf)>,
     phases: Vec<(String, Duration)>,
+    /// The controller pod deleted mid-rollout, and its successor.
+    controller_pods: (String, String),
     started: Instant,
 }
 
@@ -281,8 +285,7 @@ impl Phase {
 }
 
 /// Runs the whole story in `options.namespace` (which must exist) and returns what happened.
-/// The devices, the gateway and the controller are stopped at the end; the Kubernetes objects
-/// stay.
+/// The devices are stopped at the end; the release and the Kubernetes objects stay.
 pub async fn run(env: &'static Env, options: &StoryOptions) -> anyhow::Result<Summary> {
     require_tools()?;
     let mut world = World::start(env, options).await?;
@@ -295,15 +298,15 @@ pub async fn run(env: &'static Env, options: &StoryOptions) -> anyhow::Result<Su
 }
 
 impl World {
-    /// The LAN, the registry forwarded to it, TLS, the chart, the bootstrap token, the
-    /// controller, the gateway and the images.
+    /// The LAN, the registry forwarded to it, the chart on the node (the controller and the
+    /// gateway as pods), the bootstrap token and the images.
     async fn start(env: &'static Env, options: &StoryOptions) -> anyhow::Result<World> {
         let n = options.narrator.clone();
         let ns = options.namespace.clone();
         let started = Instant::now();
         let client = env.client().await?;
         n.step(&format!(
-            "installing the chart; starting the controller and the gateway as its ServiceAccounts, and a LAN for {DEVICES} devices"
+            "a LAN for {DEVICES} devices; the chart installed on the node: the controller and the gateway run as pods of the image"
         ));
         let lan =
             Lan::create(&options.lan_prefix, options.subnet, DEVICES).context("the device LAN")?;
@@ -315,51 +318,56 @@ impl World {
             .context("the registry does not resolve")?;
         let forward = TcpForward::start(SocketAddr::new(IpAddr::V4(lan.host()), 0), registry_addr)
             .context("forwarding the registry to the LAN")?;
-        let tls = make_server_cert(&options.work_dir.join("tls"), &[IpAddr::V4(lan.host())])
-            .context("certificates")?;
-        crate::release::install_chart(env);
+        // Pods and devices reach the registry at the forward's address; the images are pushed
+        // on loopback and named by that address in the Fleet.
+        let registry_seen = forward.addr().to_string();
+        let release_ns = format!("{}-system", options.release);
+        let gateway_ip = IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 213, options.subnet));
+        let extra: Vec<String> = [
+            (
+                "gateway.bootstrapTokenSecrets",
+                json!([options.token_secret]).to_string(),
+            ),
+            (
+                "gateway.deviceRegistries",
+                json!({&registry_seen: format!("http://{registry_seen}")}).to_string(),
+            ),
+            (
+                "controller.insecureRegistries",
+                json!([registry_seen]).to_string(),
+            ),
+            ("gateway.statusCoalesceMs", "500".to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| ["--set-json".to_string(), format!("{k}={v}")])
+        .collect();
+        let release = PodRelease::install(
+            env,
+            &options.release,
+            &release_ns,
+            &ns,
+            gateway_ip,
+            &options.work_dir,
+            &extra,
+        )
+        .context("installing the chart on the node")?;
+        let gateway_url = format!("https://{gateway_ip}");
+        let tls = release.tls.clone();
         let mut token = BootstrapToken::new(&ns)?;
         token.secret = options.token_secret.clone();
+        token.namespace = release_ns.clone();
         token.labels.insert("role".into(), ROLE.into());
         apply_bootstrap_token(&client, &token)
             .await
             .context("the bootstrap token")?;
 
-        let controller = Controller::start(
-            env,
-            &controller::Options {
-                namespace: &ns,
-                identity: &options.controller_identity,
-                lease_seconds: 15,
-                args: &[],
-            },
-        )
-        .context("the controller")?;
-        let listen = SocketAddr::new(
-            IpAddr::V4(lan.host()),
-            free_port_on(IpAddr::V4(lan.host())).context("a port")?,
-        );
-        let mut gateway_options = gateway::Options::new(&ns, listen, &tls);
-        gateway_options.namespace = Some(ns.clone());
-        gateway_options.bootstrap_token_secrets = vec![token.secret.clone()];
-        gateway_options.device_registries =
-            vec![(env.registry.clone(), format!("http://{}", forward.addr()))];
-        gateway_options.status_coalesce_ms = Some(500);
-        let gateway = Gateway::start(env, &gateway_options).context("the gateway")?;
-        if let Some(pid_file) = &options.pid_file {
-            std::fs::write(
-                pid_file,
-                format!("{}\n{}\n", controller.pid(), gateway.pid()),
-            )
-            .with_context(|| format!("writing {}", pid_file.display()))?;
-        }
-
         let registry = Registry::new(&env.registry);
         let push = |name: &'static str, tag: &'static str, seed: u64, payload: usize| {
             let registry = &registry;
             let repo = format!("e2e/{ns}/{name}");
+            let registry_seen = &registry_seen;
             async move {
-                push_app_image(
+                let mut image = push_app_image(
                     registry,
                     &AppImageSpec {
                         repo: &repo,
@@ -371,7 +379,9 @@ impl World {
                     },
                 )
                 .await
-                .with_context(|| format!("pushing {repo}:{tag}"))
+                .with_context(|| format!("pushing {repo}:{tag}"))?;
+                image.reference = image.reference.replacen(&env.registry, registry_seen, 1);
+                anyhow::Ok(image)
             }
         };
         let images = Images {
@@ -389,34 +399,30 @@ impl World {
             "app:v2 and app:v4 differ in their app layer"
         );
         n.say(&format!(
-            "controller: as ServiceAccount {rns}/edgevisor-controller, watching namespace {ns}\n\
-             gateway:    {} as ServiceAccount {rns}/{}\n\
-             registry:   {}, reached by the devices at http://{}\n\
+            "$ helm upgrade --install {name} charts/edgevisor -n {release_ns} --wait --set image.digest=… --set watchNamespace={ns} …\n\
+             controller: pod {controller} (Deployment {full}-controller), managing namespace {ns}\n\
+             gateway:    pod {gateway}, Service {full}-gateway at {gateway_url}\n\
+             registry:   {}, reached by the pods and the devices at http://{registry_seen}\n\
              images:     e2e/{ns}/app:v1, :v2, :v4 (busybox + a {} KiB app layer), e2e/{ns}/side:v1\n\
              ready in {:.1}s",
-            gateway.url,
-            gateway::SERVICE_ACCOUNT,
             env.registry,
-            forward.addr(),
             APP_PAYLOAD / 1024,
             started.elapsed().as_secs_f64(),
-            rns = crate::release::RELEASE_NAMESPACE,
+            name = release.name,
+            full = release.fullname(),
+            controller = release.pod(env, "controller")?,
+            gateway = release.pod(env, "gateway")?,
         ));
 
         let labels = Labels::default();
         let live_view = options
             .live_view
             .then(|| LiveView::start(&client, &ns, &n, &labels));
-        let logs = vec![
-            ("controller".to_string(), controller.log.clone()),
-            ("gateway".to_string(), gateway.log.clone()),
-        ];
         Ok(World {
             devices: Vec::new(),
             _live_view: live_view,
-            gateway,
-            gateway_options,
-            controller,
+            release,
+            gateway_url,
             forward,
             lan,
             env,
@@ -429,8 +435,9 @@ impl World {
             tls,
             token,
             images,
-            logs,
+            logs: Vec::new(),
             phases: Vec::new(),
+            controller_pods: Default::default(),
             started,
         })
     }
@@ -522,6 +529,13 @@ impl World {
     /// Prints the state and the logs' tails, and keeps the devices' directories.
     fn dump(&mut self) {
         eprintln!("==== state at failure ====\n{}", self.tables());
+        for component in ["controller", "gateway"] {
+            eprintln!(
+                "==== {component} ({}) ====\n{}",
+                self.release.logs_command(component),
+                self.release.logs(self.env, component, 40)
+            );
+        }
         for (name, path) in &self.logs {
             eprintln!(
                 "==== {name} ({}) ====\n{}",
@@ -534,20 +548,12 @@ impl World {
         }
     }
 
-    /// Stops the devices, the gateway and the controller; on success, removes their files.
+    /// Stops the devices; on success, removes their files. The release stays installed (its
+    /// pods manage only this story's namespace), as after `make demo`.
     fn stop(mut self, success: bool) {
         self._live_view = None;
         for mut device in std::mem::take(&mut self.devices) {
             device.shutdown();
-        }
-        if let Err(e) = self.gateway.stop() {
-            eprintln!("stopping the gateway: {e:#}");
-        }
-        if let Err(e) = self.controller.stop() {
-            eprintln!("stopping the controller: {e:#}");
-        }
-        if let Some(pid_file) = &self.options.pid_file {
-            let _ = std::fs::remove_file(pid_file);
         }
         if success {
             let _ = std::fs::remove_dir_all(&self.options.device_dir);
@@ -612,8 +618,9 @@ impl World {
             idle,
             phases: self.phases.clone(),
             elapsed: self.started.elapsed(),
-            controller_log: self.controller.log.clone(),
-            gateway_log: self.gateway.log.clone(),
+            controller_logs: self.release.logs_command("controller"),
+            gateway_logs: self.release.logs_command("gateway"),
+            controller_pods: self.controller_pods.clone(),
         })
     }
 }

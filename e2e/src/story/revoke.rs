@@ -32,7 +32,7 @@ impl World {
             .context("the canary")?
             .credential()
             .context("the canary's credential")?;
-        let (ns, url) = (self.ns.clone(), self.gateway.url.clone());
+        let (ns, url) = (self.ns.clone(), self.gateway_url.clone());
         let target_url = |name: &str| format!("{url}/v1/devices/{ns}/{name}/target?waitSeconds=0");
         self.n.step(&format!(
             "revoking {victim_name}: the gateway refuses its credential from then on"
