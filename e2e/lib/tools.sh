@@ -19,9 +19,10 @@ CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
 ACTIONLINT_VERSION=${ACTIONLINT_VERSION:-v1.7.12}
 EDGEVISOR_CACHE=${EDGEVISOR_CACHE:-$HOME/.cache/edgevisor}
 # apache2-utils: htpasswd, for the registry that requires credentials in the tests.
-# containernetworking-plugins, iptables, conntrack: the node's pod network and kube-proxy.
+# containernetworking-plugins, iptables, conntrack: the node's pod network and kube-proxy;
+# gcc, libc6-dev: the pause image's static program; binutils: `make image` (readelf, objcopy).
 DEBIAN_PACKAGES=(runc docker-registry busybox-static openssl iproute2 curl jq lua5.4 apache2-utils buildah skopeo zstd
-  containernetworking-plugins iptables conntrack)
+  containernetworking-plugins iptables conntrack gcc libc6-dev binutils)
 
 log() { printf '[env] %s\n' "$*" >&2; }
 die() { printf '[env] error: %s\n' "$*" >&2; exit 1; }
