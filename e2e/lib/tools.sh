@@ -27,10 +27,12 @@ DEBIAN_PACKAGES=(runc docker-registry busybox-static openssl iproute2 curl jq lu
 log() { printf '[env] %s\n' "$*" >&2; }
 die() { printf '[env] error: %s\n' "$*" >&2; exit 1; }
 
-# Installs the Debian packages that are missing; apt-get update only when something is.
+# ensure_debian_packages [PACKAGE...] — installs those (default: all of DEBIAN_PACKAGES) that are
+# missing; apt-get update only when something is.
 ensure_debian_packages() {
-  local missing=() p
-  for p in "${DEBIAN_PACKAGES[@]}"; do
+  local missing=() p wanted=("$@")
+  ((${#wanted[@]})) || wanted=("${DEBIAN_PACKAGES[@]}")
+  for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   ((${#missing[@]})) || return 0
