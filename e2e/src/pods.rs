@@ -236,6 +236,23 @@ impl PodRelease {
         )
     }
 
+    /// Who holds the controller's Lease (empty when nobody does).
+    pub fn lease_holder(&self, env: &Env) -> anyhow::Result<String> {
+        let holder = env
+            .kubectl([
+                "get",
+                "lease",
+                "edgevisor-controller",
+                "-n",
+                &self.namespace,
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ])
+            .run()
+            .checked("reading the controller's Lease")?;
+        Ok(holder.trim().to_string())
+    }
+
     /// The name of the running pod of `component` (`controller` or `gateway`); fails unless
     /// exactly one runs.
     pub fn pod(&self, env: &Env, component: &str) -> anyhow::Result<String> {

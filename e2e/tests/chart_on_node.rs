@@ -114,20 +114,8 @@ fn the_chart_runs_on_a_node_with_the_image_make_image_builds() {
         "the controller pod to hold the Lease",
         Duration::from_secs(60),
         || {
-            let holder = env
-                .kubectl([
-                    "get",
-                    "lease",
-                    "edgevisor-controller",
-                    "-n",
-                    &ns,
-                    "-o",
-                    "jsonpath={.spec.holderIdentity}",
-                ])
-                .run();
-            (holder.ok() && holder.stdout.trim() == controller_pod)
-                .then_some(())
-                .map(|_| String::new())
+            let holder = release.lease_holder(env).unwrap_or_default();
+            (holder == controller_pod).then_some(holder)
         },
     );
 

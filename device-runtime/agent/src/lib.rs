@@ -622,8 +622,8 @@ mod tests {
         assert!(bad(&[]));
         assert!(!bad(&["--allow-unsigned-revisions"]));
         assert!(bad(&["--allow-unsigned-revisions", "--revision-key", "k"]));
-        let bad = |extra: &[&str]| {
-            let mut v = vec![
+        let minimal = || {
+            vec![
                 "agent",
                 "--gateway",
                 "g",
@@ -631,22 +631,17 @@ mod tests {
                 "n",
                 "--revision-key",
                 "k",
-            ];
+            ]
+        };
+        let bad = |extra: &[&str]| {
+            let mut v = minimal();
             v.extend_from_slice(extra);
             AgentArgs::try_parse_from(v).is_err()
         };
         assert!(bad(&["--info", "novalue"]));
         // An empty setting of the configuration file is a mistake, not a value.
         let empty = |flag: &str| {
-            let mut v = vec![
-                "agent",
-                "--gateway",
-                "g",
-                "--name",
-                "n",
-                "--revision-key",
-                "k",
-            ];
+            let mut v = minimal();
             let i = v.iter().position(|a| *a == flag).unwrap() + 1;
             v[i] = "";
             AgentArgs::try_parse_from(v).is_err()

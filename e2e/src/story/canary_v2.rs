@@ -82,20 +82,9 @@ impl World {
         // The new pod finished the rollout: it holds the Lease, and no device was retargeted
         // twice (one spec change each: v1 to v2).
         let (old, new) = self.controller_pods.clone();
-        let holder = self.kubectl(
-            &[
-                "get",
-                "lease",
-                "edgevisor-controller",
-                "-n",
-                &self.release.namespace,
-                "-o",
-                "jsonpath={.spec.holderIdentity}",
-            ],
-            "the controller's Lease",
-        )?;
+        let holder = self.release.lease_holder(self.env)?;
         ensure!(
-            holder.trim() == new && new != old,
+            holder == new && new != old,
             "the Lease is held by {holder:?}, not the new controller pod {new}"
         );
         for (name, d) in self.all_devices().await {
@@ -133,35 +122,12 @@ impl World {
         phase.done(self);
         self.n
             .step("deleting the controller's pod mid-rollout; another replica must take over");
-        self.kubectl(
-            &[
-                "delete",
-                "pod",
-                &old,
-                "-n",
-                &self.release.namespace,
-                "--wait=false",
-            ],
-            "deleting the controller pod",
-        )?;
+        self.delete_pod(&old, "30")?;
         let phase = Phase::new("a new controller pod leads");
         let new = loop {
-            let holder = self
-                .env
-                .kubectl([
-                    "get",
-                    "lease",
-                    "edgevisor-controller",
-                    "-n",
-                    &self.release.namespace,
-                    "-o",
-                    "jsonpath={.spec.holderIdentity}",
-                ])
-                .run()
-                .stdout;
-            let holder = holder.trim();
+            let holder = self.release.lease_holder(self.env).unwrap_or_default();
             if !holder.is_empty() && holder != old {
-                break holder.to_string();
+                break holder;
             }
             phase.tick(self).await?;
         };

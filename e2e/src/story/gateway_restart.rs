@@ -12,18 +12,7 @@ impl World {
         self.n
             .step("deleting the gateway's pod; its Deployment starts another");
         self.n.say("it keeps no state: the agents retry with backoff and long-poll the new pod through the Service with their stored credentials");
-        self.kubectl(
-            &[
-                "delete",
-                "pod",
-                &old,
-                "-n",
-                &self.release.namespace,
-                "--grace-period=1",
-                "--wait=false",
-            ],
-            "deleting the gateway pod",
-        )?;
+        self.delete_pod(&old, "1")?;
         let phase = Phase::new(format!(
             "all {DEVICES} agents long-poll the new gateway pod"
         ));
@@ -39,6 +28,24 @@ impl World {
             phase.tick(self).await?;
         }
         phase.done(self);
+        Ok(())
+    }
+
+    /// `kubectl delete pod` of one of the release's pods, said first; does not wait for it to
+    /// go (`grace` seconds for it to stop).
+    pub(super) fn delete_pod(&self, pod: &str, grace: &str) -> anyhow::Result<()> {
+        self.kubectl(
+            &[
+                "delete",
+                "pod",
+                pod,
+                "-n",
+                &self.release.namespace,
+                &format!("--grace-period={grace}"),
+                "--wait=false",
+            ],
+            "deleting a pod",
+        )?;
         Ok(())
     }
 
