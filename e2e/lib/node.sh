@@ -10,8 +10,7 @@
 # - containerd 2.4's config is `version = 4`: server addresses live under the grpc/ttrpc plugins.
 #
 # One node per machine: kubelet and kube-proxy listen on fixed ports (10250, 10248, 10249, 10256),
-# and a few paths are fixed outside $DIR (/run/containerd-less as configured, /var/lib/cni,
-# /var/log/pods), all removed by `down`.
+# and a few paths are fixed outside $DIR (NODE_FIXED_PATHS): `down` removes those it created.
 
 NODE_NAME=${EDGEVISOR_NODE_NAME:-edgevisor-node}
 # The node's address: on the loopback interface (not every kernel has dummy interfaces), so it
@@ -246,6 +245,7 @@ imports = []
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         BinaryName = "$(command -v runc)"
         SystemdCgroup = false
+        Root = "$NODE_DIR/runc"
 TOML
   # No loopback plugin: containerd brings lo up itself.
   install_file "$NODE_DIR/cni/net.d/10-edgevisor.conflist" <<JSON
@@ -254,7 +254,7 @@ TOML
   "name": "edgevisor-node",
   "plugins": [
     {"type": "bridge", "bridge": "$POD_BRIDGE", "isGateway": true, "ipMasq": true, "hairpinMode": true,
-     "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+     "ipam": {"type": "host-local", "dataDir": "$NODE_DIR/cni/ipam", "ranges": [[{"subnet": "$POD_CIDR"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
     {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
 }
@@ -320,11 +320,24 @@ containerd_ready() {
   "$NODE_BIN/ctr" --address "$NODE_DIR/containerd/containerd.sock" version
 }
 
+# Paths the node's programs use whatever they are told (containerd's shim sockets, libcni's
+# cache, kubelet's plugin sockets, the pod log links). Those that did not exist before the node's
+# first start are recorded, and `down` removes exactly those: a host's own containerd or kubelet
+# keeps its files.
+NODE_FIXED_PATHS=(/run/containerd /var/lib/cni /var/lib/kubelet /var/log/pods /var/log/containers)
+node_record_fixed_paths() {
+  [ -f "$NODE_DIR/made-paths" ] && return 0
+  local p
+  for p in "${NODE_FIXED_PATHS[@]}"; do [ -e "$p" ] || echo "$p"; done >"$NODE_DIR/made-paths.tmp"
+  mv "$NODE_DIR/made-paths.tmp" "$NODE_DIR/made-paths"
+}
+
 # node_up — starts the node's processes (the apiserver must be up) and waits until it is Ready.
 node_up() {
   node_pki
   node_address_up
   mkdir -p "$NODE_DIR"
+  node_record_fixed_paths
   node_save_sysctls
   node_cgroups_up
   node_pause_image
@@ -413,9 +426,12 @@ node_down() {
   ip addr del "$NODE_IP/32" dev lo 2>/dev/null || true
   node_iptables_down
   node_restore_sysctls
-  rm -rf /var/lib/cni/networks/edgevisor-node /var/lib/cni/results /var/log/pods /var/log/containers \
-    /var/lib/kubelet/device-plugins /var/lib/kubelet/plugins_registry /var/lib/kubelet/pod-resources
-  rmdir /var/lib/kubelet 2>/dev/null || true
+  local made
+  if [ -f "$NODE_DIR/made-paths" ]; then
+    while read -r made; do
+      case $made in /run/containerd | /var/lib/cni | /var/lib/kubelet | /var/log/pods | /var/log/containers) rm -rf "$made" ;; esac
+    done <"$NODE_DIR/made-paths"
+  fi
   rm -rf "$NODE_DIR"
 }
 
