@@ -43,7 +43,10 @@ pub async fn mark_offline(ctx: Arc<Context>, every: Duration) {
                 )
                 .await
             {
-                Ok(_) => info!(namespace = %ns, device = %name, "device went offline"),
+                Ok(_) => {
+                    ctx.metrics.writes.add("device_status", 1);
+                    info!(namespace = %ns, device = %name, "device went offline")
+                }
                 Err(error) => {
                     warn!(namespace = %ns, device = %name, %error, "marking a device offline")
                 }

@@ -81,6 +81,45 @@ pub fn fleet_of_revision(revision: &str) -> Option<&str> {
     (hash.len() == 10 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(fleet)
 }
 
+/// A fleet's figures for its metrics: its devices (by state, revision, architecture) and its
+/// new status (offline count, phase, step, share updated). `steps` is how many steps the
+/// strategy has: a `done` rollout is at the step past the last; a paused or aborted one at -1.
+pub fn fleet_figures(
+    devices: &[DeviceView],
+    status: &edgevisor_crds::FleetStatus,
+    steps: usize,
+) -> crate::metrics::FleetFigures {
+    let mut revisions = BTreeMap::new();
+    let mut architectures = BTreeMap::new();
+    for d in devices {
+        *revisions
+            .entry(d.current.clone().unwrap_or_else(|| "none".to_string()))
+            .or_default() += 1;
+        *architectures
+            .entry(d.architecture.map_or("unknown", |a| a.as_str()).to_string())
+            .or_default() += 1;
+    }
+    let step = match status.current_step.as_deref() {
+        Some("done") => i64::try_from(steps).unwrap_or(i64::MAX),
+        Some(n) => n.parse().unwrap_or(-1),
+        None => 0,
+    };
+    crate::metrics::FleetFigures {
+        states: states(devices),
+        revisions,
+        architectures,
+        offline: usize::try_from(status.offline).unwrap_or(0),
+        phase: status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .map(|c| c.reason.clone())
+            .unwrap_or_default(),
+        step,
+        updated_ratio: f64::from(status.updated) / f64::from(status.devices.max(1)),
+    }
+}
+
 /// Devices per state, for metrics.
 pub fn states(views: &[DeviceView]) -> BTreeMap<&'static str, usize> {
     let mut out = BTreeMap::new();
@@ -98,6 +137,7 @@ pub fn states(views: &[DeviceView]) -> BTreeMap<&'static str, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgevisor_crds::common::Architecture;
 
     #[test]
     fn revision_names_lead_back_to_their_fleet() {
@@ -105,6 +145,58 @@ mod tests {
         assert_eq!(fleet_of_revision("my-fleet-abcdef0123"), Some("my-fleet"));
         assert_eq!(fleet_of_revision("kiosks-latest"), None);
         assert_eq!(fleet_of_revision("kiosks"), None);
+    }
+
+    #[test]
+    fn fleet_figures_count_devices_by_revision_and_architecture_and_read_the_status() {
+        let device = |name: &str, current: Option<&str>, arch: Option<Architecture>| DeviceView {
+            current: current.map(str::to_string),
+            target: Some("f-2".to_string()),
+            architecture: arch,
+            ..device_view(&Device::new(name, Default::default()), None)
+        };
+        let devices = [
+            device("a", Some("f-2"), Some(Architecture::Amd64)),
+            device("b", Some("f-1"), Some(Architecture::Arm64)),
+            device("c", None, None),
+        ];
+        let status = edgevisor_crds::FleetStatus {
+            devices: 3,
+            updated: 1,
+            offline: 1,
+            current_step: Some("1".into()),
+            conditions: vec![Condition {
+                type_: READY.into(),
+                status: "False".into(),
+                reason: "WaitingForResume".into(),
+                message: String::new(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        };
+        let f = fleet_figures(&devices, &status, 3);
+        assert_eq!(f.revisions["f-2"], 1);
+        assert_eq!(f.revisions["f-1"], 1);
+        assert_eq!(f.revisions["none"], 1);
+        assert_eq!(f.architectures["amd64"], 1);
+        assert_eq!(f.architectures["unknown"], 1);
+        assert_eq!((f.offline, f.step), (1, 1));
+        assert_eq!(f.phase, "WaitingForResume");
+        assert!((f.updated_ratio - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(f.states["current"], 1);
+        let done = edgevisor_crds::FleetStatus {
+            current_step: Some("done".into()),
+            ..status.clone()
+        };
+        assert_eq!(fleet_figures(&devices, &done, 3).step, 3);
+        let aborted = edgevisor_crds::FleetStatus {
+            current_step: Some("aborted".into()),
+            ..status
+        };
+        assert_eq!(fleet_figures(&devices, &aborted, 3).step, -1);
     }
 
     #[test]

@@ -17,6 +17,9 @@ HELM_VERSION=${HELM_VERSION:-v4.3.1}
 # The containerd whose CRI matches this kubelet (containerd 2.4 supports Kubernetes 1.37).
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
 ACTIONLINT_VERSION=${ACTIONLINT_VERSION:-v1.7.12}
+# Prometheus 3.16 (its Go module is versioned v0.316.0): the local environment's Prometheus,
+# and promtool for the chart's alert rules.
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
 EDGEVISOR_CACHE=${EDGEVISOR_CACHE:-$HOME/.cache/edgevisor}
 # apache2-utils: htpasswd, for the registry that requires credentials in the tests.
 # containernetworking-plugins, iptables, conntrack: the node's pod network and kube-proxy;
@@ -139,6 +142,20 @@ _setup_containerd() {
     -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$version" -o "$out/" "${cmds[@]}"
 }
 
+# prometheus and promtool from their Go module (the web UI's assets are not in the module: the
+# server answers its HTTP API, which is what the tests and Grafana use).
+_setup_prometheus() {
+  local version=$1 out=$2 release=${1#v0.}
+  release="${release:0:1}.${release:1}" # v0.316.0 is Prometheus 3.16.0
+  go mod init edgevisor.dev/prometheus-build
+  go mod edit -go=1.26.0 -require="github.com/prometheus/prometheus@$version"
+  printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "github.com/prometheus/prometheus/cmd/prometheus"\n\t_ "github.com/prometheus/prometheus/cmd/promtool"\n)\n' >tools.go
+  go mod tidy
+  CGO_ENABLED=0 go build -trimpath \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=$release" \
+    -o "$out/" github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
+}
+
 # actionlint, the GitHub Actions workflow linter, for .github/workflows.
 _setup_actionlint() {
   local version=$1 out=$2
@@ -224,6 +241,13 @@ ensure_node_tools() {
   k=$(go_build_cached kubernetes-node "$KUBERNETES_VERSION" _setup_kubernetes_node) || exit 1
   c=$(go_build_cached containerd "$CONTAINERD_VERSION" _setup_containerd) || exit 1
   export KUBE_NODE_BIN=$k NODE_BIN=$c
+}
+
+# ensure_prometheus — builds prometheus and promtool once; exports PROMETHEUS_BIN.
+ensure_prometheus() {
+  local p
+  p=$(go_build_cached prometheus "$PROMETHEUS_VERSION" _setup_prometheus) || exit 1
+  export PROMETHEUS_BIN=$p
 }
 
 # ensure_node_tools_present — the same paths without building anything (for `down`).

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the gateway, through `prometheus-client`: requests by route and
 //! code, their latency by route (histograms), how long target long-polls waited,
-//! enrollments, status writes, long-polls waiting now, devices in the cache.
+//! enrollments, status writes and every write to the Kubernetes API by resource, long-polls
+//! waiting now, devices in the cache, and what devices report of their updates: how long they
+//! took (a histogram by outcome) and why they failed (by reason).
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,14 @@ pub struct GatewayMetrics {
     connections: Gauge,
     connections_refused: Counter,
     devices_gauge: Gauge<u64, AtomicU64>,
+    update_seconds: Family<Labels, Histogram>,
+    update_failures: Family<Labels, Counter>,
+    pub writes: crate::metrics::ApiWrites,
+}
+
+fn update_buckets() -> Histogram {
+    // 1 s to about 4.5 h.
+    Histogram::new(exponential_buckets(1.0, 2.0, 15))
 }
 
 fn latency_buckets() -> Histogram {
@@ -96,7 +106,24 @@ impl Default for GatewayMetrics {
             "Devices in the watch cache",
             devices_gauge.clone(),
         );
+        let update_seconds =
+            Family::<Labels, Histogram>::new_with_constructor(update_buckets as fn() -> Histogram);
+        registry.register(
+            "edgevisor_device_update_duration_seconds",
+            "How long updates took on the devices, start to end, by namespace and outcome",
+            update_seconds.clone(),
+        );
+        let update_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "edgevisor_device_update_failures",
+            "Updates that ended in failure, by namespace and the reason the device gave",
+            update_failures.clone(),
+        );
+        let writes = crate::metrics::ApiWrites::register(&mut registry, "gateway");
         GatewayMetrics {
+            update_seconds,
+            update_failures,
+            writes,
             registry,
             requests,
             latency,
@@ -125,12 +152,36 @@ impl GatewayMetrics {
             .observe(took.as_secs_f64());
     }
 
+    /// A device enrolled: its credential's hash was written to its status.
     pub fn enrolled(&self) {
         self.enrollments.inc();
+        self.writes.add("device_status", 1);
     }
 
     pub fn status_write(&self) {
         self.status_writes.inc();
+        self.writes.add("device_status", 1);
+    }
+
+    /// An update a device reported ended: its outcome (`DONE`, `ERROR`, …), why if it failed,
+    /// and how long it took if the device said when it started.
+    pub fn update_ended(&self, namespace: &str, ended: &super::report::Ended) {
+        if let Some(seconds) = ended.seconds {
+            self.update_seconds
+                .get_or_create(&vec![
+                    ("namespace", namespace.to_string()),
+                    ("outcome", ended.outcome.to_string()),
+                ])
+                .observe(seconds);
+        }
+        if let Some(reason) = &ended.failure {
+            self.update_failures
+                .get_or_create(&vec![
+                    ("namespace", namespace.to_string()),
+                    ("reason", reason.clone()),
+                ])
+                .inc();
+        }
     }
 
     pub fn status_write_error(&self) {
@@ -199,7 +250,23 @@ mod tests {
             assert!(m.render().contains("edgevisor_gateway_waiting_polls 1"));
         }
         m.set_devices(7);
+        m.status_write();
+        m.update_ended(
+            "shops",
+            &crate::gateway::report::Ended {
+                outcome: "ERROR",
+                failure: Some("ContainerExited".into()),
+                seconds: Some(3.0),
+            },
+        );
         let text = m.render();
+        for want in [
+            "edgevisor_apiserver_writes_total{component=\"gateway\",resource=\"device_status\"} 1",
+            "edgevisor_device_update_duration_seconds_bucket{le=\"4.0\",namespace=\"shops\",outcome=\"ERROR\"} 1",
+            "edgevisor_device_update_failures_total{namespace=\"shops\",reason=\"ContainerExited\"} 1",
+        ] {
+            assert!(text.contains(want), "{want} not in\n{text}");
+        }
         assert!(
             text.contains("edgevisor_gateway_requests_total{route=\"target\",code=\"200\"} 1"),
             "{text}"

@@ -102,6 +102,50 @@ pub fn merge(
     next
 }
 
+/// An update that ended, for the metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ended {
+    /// `DONE`, `WONTGO` or `ERROR`.
+    pub outcome: &'static str,
+    /// Why it failed (the device's reason, `Unknown` if it gave none); `None` when it did not.
+    pub failure: Option<String>,
+    /// From its start to its end, when both are known.
+    pub seconds: Option<f64>,
+}
+
+/// The update `next` shows, if it ended since `previous` (which did not show that revision
+/// in that final status): counted once, however often the device repeats it.
+pub fn ended(previous: &DeviceStatus, next: &DeviceStatus) -> Option<Ended> {
+    let u = next.update.as_ref()?;
+    let before = previous
+        .update
+        .as_ref()
+        .filter(|p| p.revision == u.revision);
+    if before.is_some_and(|p| p.status == u.status) {
+        return None;
+    }
+    let outcome = match u.status {
+        UpdateStatus::Done => "DONE",
+        UpdateStatus::Wontgo => "WONTGO",
+        UpdateStatus::Error => "ERROR",
+        _ => return None,
+    };
+    let seconds = match (&u.started_at, &u.finished_at) {
+        (Some(start), Some(end)) => {
+            Some((end.0.as_millisecond() - start.0.as_millisecond()).max(0) as f64 / 1000.0)
+        }
+        _ => None,
+    };
+    Some(Ended {
+        outcome,
+        failure: u
+            .status
+            .is_failure()
+            .then(|| u.reason.clone().unwrap_or_else(|| "Unknown".to_string())),
+        seconds,
+    })
+}
+
 /// Marks the status as heard from now: `lastSeen`, `Online`, and the conditions derived from
 /// what the device runs.
 pub fn alive(status: &mut DeviceStatus, target: Option<&str>, now: Timestamp) {
@@ -298,6 +342,25 @@ mod tests {
         assert_eq!(cond(&s2, ONLINE).as_deref(), Some("True"));
         assert_eq!(cond(&s2, READY).as_deref(), Some("True"));
         assert_eq!(s2.last_seen, Some(Time(at(9))));
+        // The metrics see the end once, with its duration; not the repeats, not progress.
+        assert_eq!(ended(&DeviceStatus::default(), &s0), None);
+        assert_eq!(
+            ended(&s0, &s1),
+            Some(Ended {
+                outcome: "DONE",
+                failure: None,
+                seconds: Some(5.0)
+            })
+        );
+        assert_eq!(ended(&s1, &s2), None);
+        let mut failed = report(Status::Error, 70, 1000);
+        failed.update.as_mut().unwrap().reason = Some("ContainerExited".into());
+        let s3 = merge(&s0, &failed, Some("web-2"), at(7));
+        let e = ended(&s0, &s3).expect("a failure ends the update");
+        assert_eq!(
+            (e.outcome, e.failure.as_deref()),
+            ("ERROR", Some("ContainerExited"))
+        );
     }
 
     #[test]

@@ -102,6 +102,9 @@ impl Writer {
             _ => report::owned(&entry.status),
         };
         let merged = report::merge(&base, report, entry.target.as_deref(), Timestamp::now());
+        if let Some(ended) = report::ended(&base, &merged) {
+            self.metrics.update_ended(&key.0, &ended);
+        }
         let changed = report::visible(&merged) != report::visible(&base);
         if let Some(p) = st.pending.get_mut(key) {
             p.status = merged;

@@ -231,6 +231,7 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
                 &Patch::Apply(patch),
             )
             .await?;
+        ctx.metrics.writes.add("fleet_status", 1);
     }
     let old_reason = old
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
@@ -239,7 +240,11 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
     for note in decide::events(old_reason, &memory, &plan, &update_name, steps, &conflicted) {
         publish(ctx, fleet, note).await;
     }
-    ctx.metrics.devices(&ns, &name, views::states(&devices));
+    ctx.metrics.fleet(
+        &ns,
+        &name,
+        &views::fleet_figures(&devices, &new_status, steps),
+    );
 
     // 5. Devices that left the fleet but still target its revisions are released (they keep
     // running what they have, and say so); revisions: how many devices use each, and forget
@@ -460,7 +465,10 @@ async fn create_revision(
         )
         .await
     {
-        Ok(created) => created,
+        Ok(created) => {
+            ctx.metrics.writes.add("fleetrevision", 1);
+            created
+        }
         // Created by an earlier run whose cache did not show it yet.
         Err(kube::Error::Api(e)) if e.code == 409 => api.get(name).await?,
         Err(e) => return Err(e.into()),
@@ -562,6 +570,7 @@ async fn write_render_failure(
             &Patch::Apply(patch),
         )
         .await?;
+    ctx.metrics.writes.add("fleet_status", 1);
     Ok(())
 }
 
@@ -578,8 +587,9 @@ async fn publish(ctx: &Context, fleet: &Fleet, note: decide::Note) {
         action: "Rollout".into(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, &fleet.object_ref(&())).await {
-        warn!(%error, reason = note.reason, "could not record event");
+    match ctx.recorder.publish(&event, &fleet.object_ref(&())).await {
+        Ok(()) => ctx.metrics.writes.add("event", 1),
+        Err(error) => warn!(%error, reason = note.reason, "could not record event"),
     }
 }
 
@@ -613,8 +623,9 @@ async fn say_once_on_device(ctx: &Context, ns: &str, device: &str, reason: &str,
         action: "Rollout".into(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-        warn!(%error, "could not record event");
+    match ctx.recorder.publish(&event, &reference).await {
+        Ok(()) => ctx.metrics.writes.add("event", 1),
+        Err(error) => warn!(%error, "could not record event"),
     }
 }
 
@@ -660,6 +671,7 @@ async fn tidy_revisions(
                 &Patch::Apply(patch),
             )
             .await?;
+            ctx.metrics.writes.add("fleetrevision_status", 1);
         }
     }
     let limit = fleet
@@ -682,7 +694,7 @@ async fn tidy_revisions(
     for old in prune {
         info!(revision = %old, "deleting a revision beyond revisionHistoryLimit");
         match api.delete(&old, &DeleteParams::default()).await {
-            Ok(_) => {}
+            Ok(_) => ctx.metrics.writes.add("fleetrevision", 1),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
