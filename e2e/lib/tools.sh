@@ -151,7 +151,8 @@ _setup_prometheus() {
   go mod edit -go=1.26.0 -require="github.com/prometheus/prometheus@$version"
   printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "github.com/prometheus/prometheus/cmd/prometheus"\n\t_ "github.com/prometheus/prometheus/cmd/promtool"\n)\n' >tools.go
   go mod tidy
-  CGO_ENABLED=0 go build -trimpath \
+  # Kubernetes service discovery only: the cloud providers' SDKs would triple the build.
+  CGO_ENABLED=0 go build -trimpath -tags remove_all_sd,enable_kubernetes_sd \
     -ldflags "-s -w -X github.com/prometheus/common/version.Version=$release" \
     -o "$out/" github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
 }

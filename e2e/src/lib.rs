@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{Context, bail};
 
 pub mod controller;
+pub mod dashboard;
 pub mod devices;
 pub mod gateway;
 pub mod gateway_role;
@@ -40,6 +41,8 @@ pub struct Env {
     path: String,
     /// `host:port` of the OCI registry.
     pub registry: String,
+    /// Base URL of the environment's Prometheus (it runs with the node).
+    pub prometheus: Option<String>,
 }
 
 static ENV: OnceLock<Env> = OnceLock::new();
@@ -107,6 +110,7 @@ impl Env {
             kubeconfig,
             path,
             registry: get("EDGEVISOR_REGISTRY")?,
+            prometheus: vars.get("EDGEVISOR_PROMETHEUS").cloned(),
         };
         let version = env.kubectl(["get", "--raw", "/readyz"]).run();
         if !version.ok() {
@@ -174,6 +178,15 @@ impl Env {
             .args(args)
     }
 
+    /// A program the environment built (`promtool`, `kubectl`, …), found on its `PATH`.
+    pub fn tool<I, S>(&self, program: &str, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.command(program).args(args)
+    }
+
     fn command(&self, program: &str) -> Cmd {
         let mut command = Command::new(program);
         command.env("PATH", &self.path).current_dir(&self.repo);
@@ -215,7 +228,7 @@ impl Env {
     }
 
     /// Creates a namespace of its own for one test: `<prefix>-<pid>-<n>`. Namespaces are not
-    /// deleted (there is no namespace controller here); `e2e/env down` wipes them all.
+    /// deleted (what a failed test leaves is kept to look at); `e2e/env down` wipes them all.
     pub fn namespace(&self, prefix: &str) -> String {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(

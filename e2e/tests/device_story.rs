@@ -2,7 +2,8 @@
 //! five devices, each a real runtime and a real agent in a network namespace of its own,
 //! enroll through the real gateway, get a Fleet v1, a canary v2 that waits to be resumed, a
 //! broken v3 the canary rolls back by itself and that aborts the rollout, a revocation, and a
-//! one-layer change whose bytes are measured.
+//! one-layer change whose bytes are measured. Then every query of the chart's Grafana dashboard
+//! returns data from the environment's Prometheus, which scraped the pods during the story.
 //!
 //! Prints `bench: one_layer_bytes_ratio …` (read by `e2e/bench/fleet`) and the canary's
 //! memory after it all, `bench: device_rss_after_updates_bytes …` (read by `e2e/bench/device`). Needs root (network
@@ -28,6 +29,7 @@ async fn five_real_devices_enroll_roll_out_fail_a_canary_get_revoked_and_fetch_o
     {
         options.idle = std::time::Duration::from_secs(s);
     }
+    let started = std::time::SystemTime::now();
     let summary = match story::run(env, &options).await {
         Ok(summary) => summary,
         Err(e) => panic!("{e:#}"),
@@ -60,4 +62,13 @@ async fn five_real_devices_enroll_roll_out_fail_a_canary_get_revoked_and_fetch_o
         "a device downloaded {:.4}× the changed layer",
         summary.ratio
     );
+
+    // The environment's Prometheus scraped the controller and the gateway pods all along: every
+    // query of the chart's dashboard, for this fleet, has data.
+    let panels = edgevisor_e2e::dashboard::check(env, &ns, story::FLEET, started)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    for p in &panels {
+        eprintln!("dashboard: {:>3} series  {}: {}", p.series, p.panel, p.expr);
+    }
 }
