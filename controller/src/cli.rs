@@ -54,9 +54,17 @@ pub struct GatewayArgs {
     /// The server's private key (PEM).
     #[arg(long)]
     pub tls_key: std::path::PathBuf,
-    /// Namespace of the bootstrap token Secrets.
+    /// Namespace of the bootstrap token Secrets (and of this replica's heard-from summary).
     #[arg(long, env = "POD_NAMESPACE", default_value = "edgevisor-system")]
     pub token_namespace: String,
+    /// This replica's name, in its heard-from summary's (default: POD_NAME, else host name and
+    /// pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// The pod's UID (the downward API's metadata.uid): the summary is owned by the pod, so it
+    /// goes when the pod does.
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<String>,
     /// A bootstrap token Secret (type edgevisor.dev/bootstrap-token); repeat for several.
     #[arg(
         long = "bootstrap-token-secret",
@@ -66,8 +74,11 @@ pub struct GatewayArgs {
     /// Serve only Devices of this namespace (default: all namespaces).
     #[arg(long, env = "EDGEVISOR_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Write a device's lastSeen/Online at most once per this many seconds.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    /// Every this many seconds, publish which devices this replica heard from (one ConfigMap,
+    /// `edgevisor-heard-<identity>`, in the token namespace); the controller marks a device
+    /// offline when no summary lists it for its --offline-after-seconds. A device's `Online` is
+    /// written only when it changes.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub liveness_interval_seconds: u64,
     /// Write a device's status at most once per this many milliseconds.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60000))]

@@ -38,6 +38,8 @@ pub struct DeviceIndex {
     /// A relist in progress: it replaces the whole index when it ends.
     relist: Mutex<Option<HashMap<Key, Arc<CachedDevice>>>>,
     ready: AtomicBool,
+    /// When a gateway's summary last listed each device, seconds since the epoch.
+    heard: RwLock<HashMap<Key, i64>>,
 }
 
 fn entry(device: &Device) -> (Key, Arc<CachedDevice>) {
@@ -97,12 +99,25 @@ impl DeviceIndex {
             .collect()
     }
 
-    /// Devices the gateway last marked online but not heard from within `window` seconds.
+    /// A gateway's summary taken at `at` listed `keys`.
+    pub fn heard(&self, at: i64, keys: Vec<Key>) {
+        let mut heard = self.heard.write().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            let t = heard.entry(key).or_insert(at);
+            *t = (*t).max(at);
+        }
+    }
+
+    /// Devices the gateway last marked online but not heard from within `window` seconds:
+    /// neither their `lastSeen` nor a summary is that recent. Forgets summaries older than
+    /// the window (they can no longer keep a device online).
     pub fn gone_quiet(&self, now: i64, window: i64) -> Vec<Key> {
+        let mut heard = self.heard.write().unwrap_or_else(|e| e.into_inner());
+        heard.retain(|_, at| now - *at < window);
         let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
         devices
             .iter()
-            .filter(|(_, d)| d.view.online && d.stale(now, window))
+            .filter(|(k, d)| d.view.online && d.stale(now, window) && !heard.contains_key(*k))
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -154,5 +169,42 @@ mod tests {
         index.apply(&Event::InitDone);
         assert!(index.in_namespace("b").is_empty());
         assert_eq!(index.in_namespace("c").len(), 1);
+    }
+
+    #[test]
+    fn a_device_is_quiet_when_neither_its_last_seen_nor_a_summary_is_recent() {
+        use edgevisor_crds::common::condition::ONLINE;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        use k8s_openapi::jiff::Timestamp;
+        let online = |name: &str, last_seen: i64| {
+            let mut d = device("a", name, None);
+            let at = Time(Timestamp::from_second(last_seen).expect("a time"));
+            d.status = Some(edgevisor_crds::DeviceStatus {
+                last_seen: Some(at.clone()),
+                conditions: vec![Condition {
+                    type_: ONLINE.into(),
+                    status: "True".into(),
+                    reason: "Heartbeat".into(),
+                    message: String::new(),
+                    last_transition_time: at,
+                    observed_generation: None,
+                }],
+                ..Default::default()
+            });
+            d
+        };
+        let index = DeviceIndex::default();
+        // Both came online at 1000 (the gateway's one write); only d1 is in later summaries.
+        index.apply(&Event::Apply(online("d1", 1000)));
+        index.apply(&Event::Apply(online("d2", 1000)));
+        let key = |n: &str| ("a".to_string(), n.to_string());
+        index.heard(1500, vec![key("d1")]);
+        index.heard(1400, vec![key("d1"), key("d2")]);
+        assert!(index.gone_quiet(1100, 600).is_empty(), "within the window");
+        // At 2050 with a 600 s window: d2 was last heard at 1400, d1 at 1500.
+        assert_eq!(index.gone_quiet(2050, 600), vec![key("d2")]);
+        let mut both = index.gone_quiet(2150, 600);
+        both.sort();
+        assert_eq!(both, vec![key("d1"), key("d2")]);
     }
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod device_index;
 pub mod error;
 pub mod gateway;
+pub mod heard;
 pub mod leader;
 pub mod liveness;
 pub mod metrics;

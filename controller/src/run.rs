@@ -50,10 +50,7 @@ pub async fn run(
     let server = tokio::spawn(serve(config.metrics_addr, health.clone()));
     let _server = AbortOnDrop(server);
 
-    let identity = config.identity.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("{}-{}", host.trim(), std::process::id())
-    });
+    let identity = config.identity.clone().unwrap_or_else(default_identity);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &config.lease_namespace);
     let lease = Duration::from_secs(config.lease_seconds);
     let elector = Arc::new(Elector::new(leases, &config.lease_name, &identity, lease));
@@ -159,6 +156,11 @@ async fn reconcile_while_leading(
         offline_after: Duration::from_secs(config.offline_after_seconds),
         synced: false.into(),
     });
+    // The gateways' heard-from summaries: which devices are alive, without a write per device.
+    let _heard = AbortOnDrop(tokio::spawn(crate::liveness::follow_heard(
+        Api::namespaced(ctx.client.clone(), &config.lease_namespace),
+        device_index.clone(),
+    )));
     let _offline = AbortOnDrop(tokio::spawn(crate::liveness::mark_offline(
         ctx.clone(),
         Duration::from_secs((config.offline_after_seconds / 10).clamp(5, 60)),
@@ -279,4 +281,10 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// A replica's name when it has no pod's: the host's name and the process id.
+pub fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }

@@ -124,7 +124,8 @@ pub struct DeviceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub containers: Vec<ContainerStatus>,
-    /// When the device was last heard from. Coarse: updated at most once per liveness interval.
+    /// When the device came online (written when its `Online` condition turns true, not on
+    /// every heartbeat: which devices are alive goes out in each gateway's heard-from summary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Time>,
     /// `Ready`, `UpToDate`, `Online`.

@@ -29,6 +29,7 @@ pub const TOKEN_SECRETS: &[&str] = &[
     "e2e-token-bench",
     "e2e-token-races",
     "e2e-token-hostile",
+    "e2e-token-liveness",
 ];
 
 /// A label on namespaces that belong to another release than [`RELEASE`] (the chart test

@@ -46,6 +46,22 @@ async fn main() -> anyhow::Result<()> {
                 },
                 liveness: Duration::from_secs(a.liveness_interval_seconds),
                 coalesce: Duration::from_millis(a.status_coalesce_ms),
+                owner: a
+                    .pod_uid
+                    .as_ref()
+                    .zip(a.identity.as_ref())
+                    .map(|(uid, name)| {
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                            api_version: "v1".into(),
+                            kind: "Pod".into(),
+                            name: name.clone(),
+                            uid: uid.clone(),
+                            ..Default::default()
+                        }
+                    }),
+                identity: a
+                    .identity
+                    .unwrap_or_else(edgevisor_controller::run::default_identity),
                 limits: gateway::http::Limits {
                     max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
                     handshake: Duration::from_secs(a.client_timeout_seconds),

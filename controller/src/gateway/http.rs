@@ -328,6 +328,8 @@ async fn target_route(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let ticket = gw.devices.waiter(&key);
     let _waiting = gw.metrics.waiting();
+    // Alive while it waits: the heard-from summary lists devices in a long-poll.
+    let _polling = gw.writer.polling(&key);
     let result = loop {
         let notified = ticket.notified();
         tokio::pin!(notified);

@@ -6,7 +6,7 @@
 //! - [`cache`]: Devices as the gateway needs them, by key and by credential.
 //! - [`target`], [`report`]: what a device is answered and what its reports become (pure).
 //! - [`enroll`]: creating or adopting a Device and issuing its credential.
-//! - [`writer`]: coalesced status writes and liveness.
+//! - [`writer`]: coalesced status writes, `Online` on transitions, the heard-from summaries.
 //! - [`http`]: the server, its per-connection limits and the routes.
 //! - [`tls`]: the server certificate, reloaded when its files change.
 pub mod auth;
@@ -42,6 +42,9 @@ pub struct Config {
     pub liveness: Duration,
     pub coalesce: Duration,
     pub limits: http::Limits,
+    /// This replica's name and, in a pod, the pod as the owner of its heard-from summary.
+    pub identity: String,
+    pub owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
 }
 
 /// Everything a request handler reads.
@@ -122,6 +125,11 @@ pub async fn run(
         config.coalesce,
         config.liveness,
     );
+    let heard = writer.clone().publish_heard(
+        config.token_namespace.clone(),
+        config.identity.clone(),
+        config.owner.clone(),
+    );
     let gateway = Arc::new(Gateway {
         client,
         config,
@@ -151,6 +159,7 @@ pub async fn run(
         r = device_watch => r.map_err(|source| Error::Watch { what: "Devices", source }),
         r = revision_watch => r.map_err(|source| Error::Watch { what: "FleetRevisions", source }),
         _ = writer.run() => Ok(()),
+        _ = heard => Ok(()),
         _ = ready => Ok(()),
         _ = shutdown => Ok(()),
     }

@@ -146,6 +146,14 @@ pub fn ended(previous: &DeviceStatus, next: &DeviceStatus) -> Option<Ended> {
     })
 }
 
+/// Whether the status says the device is online.
+pub fn online(status: &DeviceStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == ONLINE && c.status == "True")
+}
+
 /// Marks the status as heard from now: `lastSeen`, `Online`, and the conditions derived from
 /// what the device runs.
 pub fn alive(status: &mut DeviceStatus, target: Option<&str>, now: Timestamp) {

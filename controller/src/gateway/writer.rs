@@ -1,6 +1,9 @@
 //! Status writes, coalesced: a device's reports land in a pending slot that is written at most
 //! once per coalescing window, and only when something a user would see changed. Liveness is
-//! kept in memory and written as `lastSeen`/`Online` at most once per liveness interval.
+//! kept in memory: a device's `Online=True` (and `lastSeen`) is written when it comes online
+//! (its status does not say so), never while it stays; which devices were heard from goes out
+//! in one summary per replica and interval ([`crate::heard`], [`publish_heard`]), which the
+//! controller reads to tell when one went quiet.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +25,8 @@ use super::report;
 /// The field manager of the gateway's status writes.
 pub const FIELD_MANAGER: &str = "edgevisor-gateway";
 const CONCURRENCY: usize = 16;
+/// How long the watch cache may take to show this replica's own write.
+const CACHE_LAG: Duration = Duration::from_secs(10);
 
 struct Pending {
     status: DeviceStatus,
@@ -35,6 +40,27 @@ struct State {
     written: HashMap<Key, (Instant, DeviceStatus)>,
     /// When each device was last heard from (memory only).
     seen: HashMap<Key, Instant>,
+    /// Devices waiting in a target long-poll now (how many polls each).
+    polling: HashMap<Key, usize>,
+}
+
+/// A device's long-poll, counted while it waits; its end is a heartbeat.
+pub struct Polling<'a> {
+    writer: &'a Writer,
+    key: Key,
+}
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        let mut st = self.writer.state();
+        if let Some(n) = st.polling.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                st.polling.remove(&self.key);
+            }
+        }
+        st.seen.insert(self.key.clone(), Instant::now());
+    }
 }
 
 pub struct Writer {
@@ -45,13 +71,6 @@ pub struct Writer {
     liveness: Duration,
     state: Mutex<State>,
     wake: Notify,
-}
-
-fn seconds_since(
-    t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
-    now: Timestamp,
-) -> Option<i64> {
-    t.map(|t| now.as_second() - t.0.as_second())
 }
 
 impl Writer {
@@ -125,31 +144,62 @@ impl Writer {
         }
     }
 
-    /// Schedules liveness writes for devices heard from whose `lastSeen` is older than the
-    /// interval, and forgets devices not heard from in two intervals.
+    /// The device waits in a long-poll until the guard drops.
+    pub fn polling(&self, key: &Key) -> Polling<'_> {
+        *self.state().polling.entry(key.clone()).or_default() += 1;
+        Polling {
+            writer: self,
+            key: key.clone(),
+        }
+    }
+
+    /// Devices heard from within `within` or waiting in a long-poll now: what the next
+    /// summary lists.
+    pub fn heard_within(&self, within: Duration) -> Vec<Key> {
+        let now = Instant::now();
+        let st = self.state();
+        let mut keys: Vec<Key> = st
+            .seen
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) < within)
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.extend(
+            st.polling
+                .keys()
+                .filter(|k| {
+                    st.seen
+                        .get(*k)
+                        .is_none_or(|at| now.duration_since(*at) >= within)
+                })
+                .cloned(),
+        );
+        keys
+    }
+
+    /// Schedules an `Online=True` write for each device heard from whose status does not say
+    /// it is online (it just came, or came back), and forgets devices not heard from for a
+    /// while. A device that stays online costs no write.
     fn sweep(&self) {
         let now = Instant::now();
         let wall = Timestamp::now();
         let mut st = self.state();
-        let liveness = self.liveness;
-        st.seen
-            .retain(|_, at| now.duration_since(*at) < liveness * 2);
+        let keep = self.liveness * 2 + Duration::from_secs(60);
+        st.seen.retain(|_, at| now.duration_since(*at) < keep);
         st.written
-            .retain(|_, (at, _)| now.duration_since(*at) < liveness * 2);
+            .retain(|_, (at, _)| now.duration_since(*at) < keep);
         let due: Vec<(Key, Arc<super::cache::Entry>)> = st
             .seen
             .keys()
             .filter(|k| !st.pending.contains_key(*k))
             .filter_map(|k| {
                 let entry = self.cache.get(k)?;
-                let last = st
-                    .written
-                    .get(k)
-                    .and_then(|(_, w)| w.last_seen.clone())
-                    .max(entry.status.last_seen.clone());
-                seconds_since(last.as_ref(), wall)
-                    .is_none_or(|s| s >= liveness.as_secs() as i64)
-                    .then(|| (k.clone(), entry))
+                // The cache may not show a write of a moment ago yet; after that, what it shows
+                // is the truth (the controller may have marked the device offline since).
+                let written_online = st.written.get(k).is_some_and(|(at, w)| {
+                    report::online(w) && now.duration_since(*at) < CACHE_LAG
+                });
+                (!report::online(&entry.status) && !written_online).then(|| (k.clone(), entry))
             })
             .collect();
         for (key, entry) in due {
@@ -220,6 +270,43 @@ impl Writer {
             tokio::select! {
                 _ = tokio::time::sleep_until(until.into()) => {}
                 _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Publishes, every liveness interval until the process ends, which devices this replica
+    /// heard from (in the interval, or waiting in a long-poll): one ConfigMap write per
+    /// interval, whatever the number of devices. `name` is the replica's (its pod's); with
+    /// `owner`, the summary goes with the pod.
+    pub async fn publish_heard(
+        self: Arc<Self>,
+        namespace: String,
+        name: String,
+        owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    ) {
+        let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(self.client.clone(), &namespace);
+        let object = crate::heard::object_name(&name);
+        loop {
+            tokio::time::sleep(self.liveness).await;
+            let keys = self.heard_within(self.liveness);
+            let summary =
+                crate::heard::config_map(&name, &namespace, owner.clone(), Timestamp::now(), &keys);
+            match api
+                .patch(
+                    &object,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&summary),
+                )
+                .await
+            {
+                Ok(_) => {
+                    self.metrics.writes.add("configmap", 1);
+                    debug!(devices = keys.len(), "published the devices heard from");
+                }
+                Err(error) => {
+                    warn!(%error, "publishing the devices heard from; retrying next interval")
+                }
             }
         }
     }
