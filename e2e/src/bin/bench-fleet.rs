@@ -32,13 +32,14 @@ struct Args {
     #[arg(long, default_value_t = 2000)]
     devices: usize,
     /// Seconds of idle polling measured after the rollout (scaled to an hour). One liveness
-    /// interval (300 s by default) and a little is the shortest honest window.
-    #[arg(long, default_value_t = 330)]
+    /// interval (60 s by default: each gateway replica's heard-from summary) and a little is
+    /// the shortest honest window.
+    #[arg(long, default_value_t = 90)]
     idle_seconds: u64,
     /// Seconds a long-poll waits.
     #[arg(long, default_value_t = 30)]
     wait_seconds: u64,
-    /// The gateway's liveness interval (its default is 300 s).
+    /// The gateway's liveness interval (its default is 60 s).
     #[arg(long)]
     liveness_interval_seconds: Option<u64>,
 }
