@@ -168,6 +168,23 @@ impl Env {
             .args(args)
     }
 
+    /// `helm template <args>`, its documents parsed (the empty ones dropped).
+    pub fn helm_template<I, S>(&self, args: I) -> Vec<serde_json::Value>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.command("helm")
+            .arg("template")
+            .args(args)
+            .run()
+            .expect_ok("helm template")
+            .split("\n---")
+            .filter_map(|doc| serde_norway::from_str::<serde_json::Value>(doc).ok())
+            .filter(|v| v.is_object())
+            .collect()
+    }
+
     /// A program of the repository (`e2e/env`, …), run from the repository's root.
     pub fn command_in_repo<I, S>(&self, program: &str, args: I) -> Cmd
     where

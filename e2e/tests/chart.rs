@@ -13,15 +13,7 @@ fn chart_lints_and_renders_hardened_workloads() {
     env.helm(["lint", "--strict", CHART])
         .run()
         .expect_ok("helm lint");
-    let rendered = env
-        .helm(["template", "ev", CHART, "--namespace", "edgevisor-system"])
-        .run()
-        .expect_ok("helm template");
-    let docs: Vec<serde_json::Value> = rendered
-        .split("\n---")
-        .filter_map(|doc| serde_norway::from_str::<serde_json::Value>(doc).ok())
-        .filter(|v| v.is_object())
-        .collect();
+    let docs = env.helm_template(["ev", CHART, "--namespace", "edgevisor-system"]);
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
     for kind in [
         "Deployment",
@@ -492,22 +484,18 @@ fn chart_installs_with_least_privilege_and_uninstall_keeps_crds_and_objects() {
 #[test]
 fn both_deployments_pass_flags_the_binary_knows() {
     let env = Env::get();
-    let rendered = env
-        .helm([
-            "template",
-            "ev",
-            CHART,
-            "--set",
-            "controller.registrySecrets={regcred}",
-            "--set",
-            "controller.insecureRegistries={10.0.0.5:5000}",
-            "--set",
-            "gateway.bootstrapTokenSecrets={token-a,token-b}",
-            "--set-json",
-            r#"gateway.deviceRegistries={"registry.internal:5000":"https://registry.example.com"}"#,
-        ])
-        .run()
-        .expect_ok("helm template");
+    let docs = env.helm_template([
+        "ev",
+        CHART,
+        "--set",
+        "controller.registrySecrets={regcred}",
+        "--set",
+        "controller.insecureRegistries={10.0.0.5:5000}",
+        "--set",
+        "gateway.bootstrapTokenSecrets={token-a,token-b}",
+        "--set-json",
+        r#"gateway.deviceRegistries={"registry.internal:5000":"https://registry.example.com"}"#,
+    ]);
     let binary = edgevisor_e2e::controller::binary(env);
     for (name, expected) in [
         ("ev-edgevisor-controller", "--registry-secret=regcred"),
@@ -517,9 +505,8 @@ fn both_deployments_pass_flags_the_binary_knows() {
             "--device-registry=registry.internal:5000=https://registry.example.com",
         ),
     ] {
-        let deployment = rendered
-            .split("\n---")
-            .filter_map(|doc| serde_norway::from_str::<serde_json::Value>(doc).ok())
+        let deployment = docs
+            .iter()
             .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == name)
             .unwrap_or_else(|| panic!("the Deployment {name}"));
         let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
