@@ -377,6 +377,16 @@ fn chart_installs_with_least_privilege_and_uninstall_keeps_crds_and_objects() {
             "secrets/edgevisor-bootstrap-token",
             false,
         ),
+        // The heard-from summaries: the gateway writes its own in the release namespace, and
+        // reads none; the controller reads them (it reads the ConfigMaps Fleet templates name
+        // anywhere) and writes none.
+        (&release.gateway, ns, "create", "configmaps", true),
+        (&release.gateway, ns, "patch", "configmaps", true),
+        (&release.gateway, ns, "list", "configmaps", false),
+        (&release.gateway, other, "create", "configmaps", false),
+        (&release.controller, ns, "watch", "configmaps", true),
+        (&release.controller, ns, "patch", "configmaps", false),
+        (&release.controller, other, "create", "configmaps", false),
         (
             &release.gateway,
             ns,
