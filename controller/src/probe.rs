@@ -14,9 +14,12 @@ pub struct Probe {
     pub expect: Option<u16>,
 }
 
-/// Fetches every URL once (`GET`, within `timeout`) and prints one line per URL: the addresses
-/// its host resolved to and the status. Fails on the first URL that does not answer as
-/// expected.
+/// How long a refused connection waits before it is tried again.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Fetches every URL (`GET`; a refused connection is tried again within `timeout`) and prints
+/// one line per URL: the addresses its host resolved to and the status. Fails on the first URL
+/// that does not answer as expected.
 pub async fn run(probes: &[Probe], insecure: bool, timeout: Duration) -> anyhow::Result<()> {
     // The gateway's certificate names the devices' address for it, not a Service's: probing
     // that the Service reaches a gateway may skip verification, when asked.
@@ -40,13 +43,20 @@ pub async fn run(probes: &[Probe], insecure: bool, timeout: Duration) -> anyhow:
             .with_context(|| format!("{}: resolving {host}", probe.url))?
             .map(|a| a.ip().to_string())
             .collect();
-        let status = http
-            .get(probe.url.clone())
-            .send()
-            .await
-            .with_context(|| format!("{}: no answer", probe.url))?
-            .status()
-            .as_u16();
+        // A Service's rules reach every node a moment after its endpoints do: a refused or
+        // unroutable connection is tried again until the URL's time is up.
+        let started = std::time::Instant::now();
+        let status = loop {
+            match http.get(probe.url.clone()).send().await {
+                Ok(response) => break response.status().as_u16(),
+                Err(e) if e.is_connect() && started.elapsed() + RETRY < timeout => {
+                    tokio::time::sleep(RETRY).await;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!("{}: no answer", probe.url)));
+                }
+            }
+        };
         println!("{} ({}): {status}", probe.url, addresses.join(", "));
         let ok = match probe.expect {
             Some(want) => status == want,
