@@ -99,8 +99,10 @@ impl DeviceIndex {
             .collect()
     }
 
-    /// A gateway's summary taken at `at` listed `keys`.
-    pub fn heard(&self, at: i64, keys: Vec<Key>) {
+    /// A gateway's summary taken at `at` listed `keys`, read at `now`. A summary dated in the
+    /// future counts as taken now: its date must not keep a device online past the window.
+    pub fn heard(&self, at: i64, now: i64, keys: Vec<Key>) {
+        let at = at.min(now);
         let mut heard = self.heard.write().unwrap_or_else(|e| e.into_inner());
         for key in keys {
             let t = heard.entry(key).or_insert(at);
@@ -198,13 +200,17 @@ mod tests {
         index.apply(&Event::Apply(online("d1", 1000)));
         index.apply(&Event::Apply(online("d2", 1000)));
         let key = |n: &str| ("a".to_string(), n.to_string());
-        index.heard(1500, vec![key("d1")]);
-        index.heard(1400, vec![key("d1"), key("d2")]);
+        index.heard(1500, 1500, vec![key("d1")]);
+        index.heard(1400, 1500, vec![key("d1"), key("d2")]);
         assert!(index.gone_quiet(1100, 600).is_empty(), "within the window");
         // At 2050 with a 600 s window: d2 was last heard at 1400, d1 at 1500.
         assert_eq!(index.gone_quiet(2050, 600), vec![key("d2")]);
         let mut both = index.gone_quiet(2150, 600);
         both.sort();
         assert_eq!(both, vec![key("d1"), key("d2")]);
+        // A summary dated far ahead keeps a device only for the window from when it was read.
+        index.heard(1_000_000, 2200, vec![key("d1")]);
+        assert_eq!(index.gone_quiet(2700, 600), vec![key("d2")]);
+        assert_eq!(index.gone_quiet(2800, 600).len(), 2);
     }
 }

@@ -30,7 +30,7 @@ pub async fn follow_heard(
     while let Some(event) = events.next().await {
         match event {
             Ok(summary) => match crate::heard::read(&summary) {
-                Ok((at, keys)) => index.heard(at.as_second(), keys),
+                Ok((at, keys)) => index.heard(at.as_second(), Timestamp::now().as_second(), keys),
                 Err(error) => warn!(%error, "ignoring a heard-from summary"),
             },
             Err(error) => warn!(%error, "watching the gateways' heard-from summaries"),
