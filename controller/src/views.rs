@@ -13,7 +13,8 @@ use crate::rollout::{DeviceView, UpdateReport};
 /// device's progress deadline survives a controller restart.
 pub const TARGETED_AT: &str = "edgevisor.dev/targeted-at";
 
-fn condition_true(conditions: &[Condition], type_: &str) -> bool {
+/// Whether `conditions` has `type_` with status `True`.
+pub fn condition_true(conditions: &[Condition], type_: &str) -> bool {
     conditions
         .iter()
         .any(|c| c.type_ == type_ && c.status == "True")

@@ -148,10 +148,7 @@ pub fn ended(previous: &DeviceStatus, next: &DeviceStatus) -> Option<Ended> {
 
 /// Whether the status says the device is online.
 pub fn online(status: &DeviceStatus) -> bool {
-    status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == ONLINE && c.status == "True")
+    crate::views::condition_true(&status.conditions, ONLINE)
 }
 
 /// Marks the status as heard from now: `lastSeen`, `Online`, and the conditions derived from
