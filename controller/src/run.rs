@@ -150,7 +150,6 @@ async fn reconcile_while_leading(
         fleets: fleet_store.clone(),
         devices: device_index.clone(),
         revisions: revision_store.clone(),
-        written: Default::default(),
         said_on_devices: Default::default(),
         write_concurrency: config.write_concurrency,
         offline_after: Duration::from_secs(config.offline_after_seconds),
@@ -165,17 +164,23 @@ async fn reconcile_while_leading(
         ctx.clone(),
         Duration::from_secs((config.offline_after_seconds / 10).clamp(5, 60)),
     )));
-    // A deleted fleet's series leave /metrics with it.
+    // A deleted fleet's series leave /metrics with it, and its tally the index.
     let _series = AbortOnDrop(tokio::spawn({
-        let (metrics, fleets) = (ctx.metrics.clone(), fleet_store.clone());
+        let (metrics, fleets, devices) = (
+            ctx.metrics.clone(),
+            fleet_store.clone(),
+            ctx.devices.clone(),
+        );
         async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(30)).await;
-                metrics.retain_fleets(|ns, name| {
+                let exists = |ns: &str, name: &str| {
                     fleets
                         .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
                         .is_some()
-                });
+                };
+                metrics.retain_fleets(exists);
+                devices.retain_fleets(exists);
             }
         }
     }));

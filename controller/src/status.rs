@@ -11,6 +11,7 @@ use edgevisor_crds::fleet::{ArchitectureCounts, FleetStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use crate::reconcile::decide::Overlap;
 use crate::rollout::{Phase, Plan};
 
 /// A condition's status, reason and message.
@@ -245,7 +246,7 @@ pub fn step_label(phase: &Phase, step: usize) -> String {
 
 /// The conditions of a plan, with devices the fleet shares with another (`overlapping`) said
 /// in their own condition and in `Ready`'s message.
-fn conditions(plan: &Plan, steps: usize, overlapping: &[String]) -> Vec<Cond> {
+fn conditions(plan: &Plan, steps: usize, overlapping: &Overlap) -> Vec<Cond> {
     let mut out = phase_conditions(&plan.phase, plan, steps);
     // Devices of an architecture the revision lacks are never updated: said, not silent. A
     // revision none of the fleet's devices can run is no success at all.
@@ -269,11 +270,12 @@ fn conditions(plan: &Plan, steps: usize, overlapping: &[String]) -> Vec<Cond> {
             ready.3 = format!("{}; {m}", ready.3);
         }
     }
-    if overlapping.is_empty() {
+    if overlapping.count == 0 {
         out.push((OVERLAPPING_SELECTORS, false, "NoOverlap", String::new()));
         return out;
     }
     let shown: Vec<String> = overlapping
+        .first
         .iter()
         .take(crate::rollout::plan::NAMES_SHOWN)
         .cloned()
@@ -281,8 +283,8 @@ fn conditions(plan: &Plan, steps: usize, overlapping: &[String]) -> Vec<Cond> {
     let m = format!(
         "{} devices are also selected by another fleet; each stays with the fleet that had it \
          first: {}",
-        overlapping.len(),
-        names(&shown, overlapping.len())
+        overlapping.count,
+        names(&shown, overlapping.count)
     );
     if let Some(ready) = out.iter_mut().find(|c| c.0 == READY) {
         ready.3 = format!("{}; {m}", ready.3);
@@ -297,7 +299,7 @@ pub fn fleet_status(
     plan: &Plan,
     steps: usize,
     architectures: Vec<ArchitectureCounts>,
-    overlapping: &[String],
+    overlapping: &Overlap,
     generation: Option<i64>,
     now: Timestamp,
 ) -> FleetStatus {
@@ -389,7 +391,7 @@ mod tests {
             &plan(Phase::Progressing),
             3,
             vec![],
-            &[],
+            &Overlap::default(),
             Some(4),
             now,
         );
@@ -406,7 +408,15 @@ mod tests {
                 .all(|c| c.observed_generation == Some(4))
         );
 
-        let s = fleet_status(None, &plan(Phase::Complete), 3, vec![], &[], Some(4), now);
+        let s = fleet_status(
+            None,
+            &plan(Phase::Complete),
+            3,
+            vec![],
+            &Overlap::default(),
+            Some(4),
+            now,
+        );
         assert_eq!(get(&s.conditions, READY).status, "True");
         assert_eq!(get(&s.conditions, RECONCILING).status, "False");
         assert_eq!(s.current_step.as_deref(), Some("done"));
@@ -417,7 +427,7 @@ mod tests {
         partial.failed_devices = (0..10).map(|i| format!("kiosk-{i}")).collect();
         partial.skipped_offline = vec!["kiosk-99".into()];
         partial.counts.skipped = 1;
-        let s = fleet_status(None, &partial, 3, vec![], &[], Some(4), now);
+        let s = fleet_status(None, &partial, 3, vec![], &Overlap::default(), Some(4), now);
         let ready = get(&s.conditions, READY);
         assert_eq!(ready.status, "True");
         assert!(
@@ -435,14 +445,17 @@ mod tests {
         let mut aborted = plan(Phase::Aborted);
         aborted.counts.failed = 1;
         aborted.failed_devices = vec!["kiosk-3".into()];
-        let s = fleet_status(None, &aborted, 3, vec![], &[], Some(4), now);
+        let s = fleet_status(None, &aborted, 3, vec![], &Overlap::default(), Some(4), now);
         // Devices shared with another fleet are named, and Ready says so.
         let shared = fleet_status(
             None,
             &plan(Phase::Complete),
             3,
             vec![],
-            &["kiosk-9".into()],
+            &Overlap {
+                count: 1,
+                first: vec!["kiosk-9".into()],
+            },
             Some(4),
             now,
         );
@@ -464,7 +477,7 @@ mod tests {
             &plan(Phase::WaitingForResume { step: 0 }),
             3,
             vec![],
-            &[],
+            &Overlap::default(),
             Some(4),
             now,
         );
@@ -480,7 +493,7 @@ mod tests {
         let now = Timestamp::UNIX_EPOCH;
         let mut some = plan(Phase::Complete);
         some.counts.unsupported = 2;
-        let s = fleet_status(None, &some, 3, vec![], &[], Some(4), now);
+        let s = fleet_status(None, &some, 3, vec![], &Overlap::default(), Some(4), now);
         assert_eq!(get(&s.conditions, READY).status, "True");
         assert!(
             get(&s.conditions, READY)
@@ -489,7 +502,7 @@ mod tests {
         );
         let mut none = plan(Phase::Complete);
         none.counts.unsupported = 20;
-        let s = fleet_status(None, &none, 3, vec![], &[], Some(4), now);
+        let s = fleet_status(None, &none, 3, vec![], &Overlap::default(), Some(4), now);
         assert_eq!(get(&s.conditions, READY).reason, "NoSupportedDevices");
         assert_eq!(get(&s.conditions, STALLED).status, "True");
     }
@@ -498,13 +511,21 @@ mod tests {
     fn unchanged_conditions_keep_their_transition_time() {
         let t0 = Timestamp::UNIX_EPOCH;
         let t1 = Timestamp::from_second(100).unwrap();
-        let first = fleet_status(None, &plan(Phase::Progressing), 3, vec![], &[], Some(1), t0);
+        let first = fleet_status(
+            None,
+            &plan(Phase::Progressing),
+            3,
+            vec![],
+            &Overlap::default(),
+            Some(1),
+            t0,
+        );
         let again = fleet_status(
             Some(&first),
             &plan(Phase::Progressing),
             3,
             vec![],
-            &[],
+            &Overlap::default(),
             Some(1),
             t1,
         );
@@ -514,7 +535,7 @@ mod tests {
             &plan(Phase::Complete),
             3,
             vec![],
-            &[],
+            &Overlap::default(),
             Some(1),
             t1,
         );

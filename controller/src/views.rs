@@ -1,13 +1,12 @@
 //! From Kubernetes objects to the plain views the rollout plan reads. Pure.
-use std::collections::BTreeMap;
-
 use edgevisor_crds::common::condition::{ONLINE, READY};
 use edgevisor_crds::{Device, Fleet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
-use crate::rollout::{DeviceView, UpdateReport};
+use crate::device_index::Interner;
+use crate::rollout::{DeviceView, Tally, UpdateReport};
 
 /// The annotation beside `spec.revision` that records when the controller set it, so a
 /// device's progress deadline survives a controller restart.
@@ -20,9 +19,8 @@ pub fn condition_true(conditions: &[Condition], type_: &str) -> bool {
         .any(|c| c.type_ == type_ && c.status == "True")
 }
 
-/// The plan's view of a Device. `target_override` is a target this controller wrote that the
-/// watch cache may not show yet.
-pub fn device_view(device: &Device, target_override: Option<(&str, i64)>) -> DeviceView {
+/// The plan's view of a Device, its names shared through `names`.
+pub fn device_view(device: &Device, names: &mut Interner) -> DeviceView {
     let status = device.status.as_ref();
     let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let targeted_at = device
@@ -30,25 +28,27 @@ pub fn device_view(device: &Device, target_override: Option<(&str, i64)>) -> Dev
         .get(TARGETED_AT)
         .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
         .map(|t| t.as_second());
-    let (target, targeted_at) = match target_override {
-        Some((revision, at)) => (Some(revision.to_string()), Some(at)),
-        None => (device.spec.revision.clone(), targeted_at),
-    };
     DeviceView {
-        name: device.name_any(),
+        name: names.name(&device.name_any()),
         architecture: status.and_then(|s| s.architecture),
-        target,
-        current: status.and_then(|s| s.current_revision.clone()),
+        target: device.spec.revision.as_deref().map(|r| names.name(r)),
+        current: status
+            .and_then(|s| s.current_revision.as_deref())
+            .map(|r| names.name(r)),
         update: status
             .and_then(|s| s.update.as_ref())
             .map(|u| UpdateReport {
-                revision: u.revision.clone(),
+                revision: names.name(&u.revision),
                 status: u.status,
                 started_at: u.started_at.as_ref().map(|t| t.0.as_second()),
             }),
         targeted_at,
         paused: device.spec.paused,
-        pinned: device.spec.pinned_revision.clone(),
+        pinned: device
+            .spec
+            .pinned_revision
+            .as_deref()
+            .map(|r| names.name(r)),
         // Judged by the reconciler, which knows the fleet's revisions.
         pin_refused: false,
         online: condition_true(conditions, ONLINE),
@@ -59,7 +59,7 @@ pub fn device_view(device: &Device, target_override: Option<(&str, i64)>) -> Dev
                 s.history
                     .iter()
                     .filter(|h| h.status.is_failure())
-                    .map(|h| h.revision.clone())
+                    .map(|h| names.name(&h.revision))
                     .collect()
             })
             .unwrap_or_default(),
@@ -86,27 +86,27 @@ pub fn fleet_of_revision(revision: &str) -> Option<&str> {
 /// new status (offline count, phase, step, share updated). `steps` is how many steps the
 /// strategy has: a `done` rollout is at the step past the last; a paused or aborted one at -1.
 pub fn fleet_figures(
-    devices: &[DeviceView],
+    tally: &Tally,
     status: &edgevisor_crds::FleetStatus,
     steps: usize,
 ) -> crate::metrics::FleetFigures {
-    let mut revisions = BTreeMap::new();
-    let mut architectures = BTreeMap::new();
-    for d in devices {
-        *revisions
-            .entry(d.current.clone().unwrap_or_else(|| "none".to_string()))
-            .or_default() += 1;
-        *architectures
-            .entry(d.architecture.map_or("unknown", |a| a.as_str()).to_string())
-            .or_default() += 1;
-    }
+    let revisions = tally
+        .revisions()
+        .iter()
+        .map(|(r, n)| (r.as_deref().unwrap_or("none").to_string(), *n))
+        .collect();
+    let architectures = tally
+        .architectures()
+        .iter()
+        .map(|(a, t)| (a.map_or("unknown", |a| a.as_str()).to_string(), t.devices))
+        .collect();
     let step = match status.current_step.as_deref() {
         Some("done") => i64::try_from(steps).unwrap_or(i64::MAX),
         Some(n) => n.parse().unwrap_or(-1),
         None => 0,
     };
     crate::metrics::FleetFigures {
-        states: states(devices),
+        states: tally.states().clone(),
         revisions,
         architectures,
         offline: usize::try_from(status.offline).unwrap_or(0),
@@ -119,20 +119,6 @@ pub fn fleet_figures(
         step,
         updated_ratio: f64::from(status.updated) / f64::from(status.devices.max(1)),
     }
-}
-
-/// Devices per state, for metrics.
-pub fn states(views: &[DeviceView]) -> BTreeMap<&'static str, usize> {
-    let mut out = BTreeMap::new();
-    for v in views {
-        let state = match (&v.update, v.current == v.target) {
-            (_, true) => "current",
-            (Some(u), false) if u.status.is_failure() => "failed",
-            (_, false) => "updating",
-        };
-        *out.entry(state).or_default() += 1;
-    }
-    out
 }
 
 #[cfg(test)]
@@ -151,10 +137,13 @@ mod tests {
     #[test]
     fn fleet_figures_count_devices_by_revision_and_architecture_and_read_the_status() {
         let device = |name: &str, current: Option<&str>, arch: Option<Architecture>| DeviceView {
-            current: current.map(str::to_string),
-            target: Some("f-2".to_string()),
+            current: current.map(Into::into),
+            target: Some("f-2".into()),
             architecture: arch,
-            ..device_view(&Device::new(name, Default::default()), None)
+            ..device_view(
+                &Device::new(name, Default::default()),
+                &mut Interner::default(),
+            )
         };
         let devices = [
             device("a", Some("f-2"), Some(Architecture::Amd64)),
@@ -178,7 +167,12 @@ mod tests {
             }],
             ..Default::default()
         };
-        let f = fleet_figures(&devices, &status, 3);
+        let tally = Tally::of(
+            crate::rollout::Basis::default(),
+            0,
+            devices.iter().cloned().map(std::sync::Arc::new),
+        );
+        let f = fleet_figures(&tally, &status, 3);
         assert_eq!(f.revisions["f-2"], 1);
         assert_eq!(f.revisions["f-1"], 1);
         assert_eq!(f.revisions["none"], 1);
@@ -192,22 +186,19 @@ mod tests {
             current_step: Some("done".into()),
             ..status.clone()
         };
-        assert_eq!(fleet_figures(&devices, &done, 3).step, 3);
+        assert_eq!(fleet_figures(&tally, &done, 3).step, 3);
         let aborted = edgevisor_crds::FleetStatus {
             current_step: Some("aborted".into()),
             ..status
         };
-        assert_eq!(fleet_figures(&devices, &aborted, 3).step, -1);
+        assert_eq!(fleet_figures(&tally, &aborted, 3).step, -1);
     }
 
     #[test]
     fn a_device_without_status_is_offline_and_of_unknown_architecture() {
         let device = Device::new("d", Default::default());
-        let view = device_view(&device, None);
+        let view = device_view(&device, &mut Interner::default());
         assert!(!view.online);
         assert_eq!(view.architecture, None);
-        let view = device_view(&device, Some(("f-0123456789", 7)));
-        assert_eq!(view.target.as_deref(), Some("f-0123456789"));
-        assert_eq!(view.targeted_at, Some(7));
     }
 }

@@ -120,7 +120,15 @@ fn fixtures() -> Vec<(&'static str, &'static str, Fleet)> {
         f
     };
     let written = |p: &Plan, generation: i64, archs: Vec<ArchitectureCounts>| {
-        status::fleet_status(None, p, 2, archs, &[], Some(generation), now)
+        status::fleet_status(
+            None,
+            p,
+            2,
+            archs,
+            &Default::default(),
+            Some(generation),
+            now,
+        )
     };
     let complete = {
         let mut p = plan(Phase::Complete, 2, counts(19, 0, 0, 1));

@@ -1,18 +1,16 @@
 //! The reconciler's decisions besides the rollout plan, as pure functions: which devices a
 //! fleet has, which events a human should see, which revisions to forget. The reconciler
 //! gathers their inputs from watch caches and writes what they answer.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use kube::core::{Selector, SelectorExt};
+use kube::core::Selector;
 
-use crate::device_index::CachedDevice;
-use crate::reconcile::Overlay;
 use crate::rollout::{self, DeviceView, Phase, RolloutMemory};
 
 // === devices ===
 
 /// A fleet of the namespace, as selection needs it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FleetSelector {
     pub name: String,
     pub selector: Selector,
@@ -20,79 +18,22 @@ pub struct FleetSelector {
     pub created: i64,
 }
 
-/// A fleet's devices, and those another fleet selects too.
-#[derive(Debug, Default, PartialEq)]
-pub struct Selection {
-    pub devices: Vec<DeviceView>,
-    /// Selected by this fleet and another: each stays with the fleet that had it first.
-    pub conflicted: Vec<String>,
+/// Which of the fleets that select a device has it (an index into `selecting`): the one whose
+/// revision it targets, else the oldest.
+pub fn owner(selecting: &[&FleetSelector], target: Option<&str>) -> Option<usize> {
+    let had_it = target
+        .and_then(crate::views::fleet_of_revision)
+        .and_then(|f| selecting.iter().position(|s| s.name == f));
+    had_it.or_else(|| {
+        (0..selecting.len()).min_by_key(|i| (selecting[*i].created, selecting[*i].name.as_str()))
+    })
 }
 
-/// The devices of namespace `ns` that `me` picks, as the planner sees them: offline when not
-/// heard from within `offline_after` seconds, and with this controller's own recent target
-/// writes (`written`, which the cache may not show yet) laid over. Entries of `written` the
-/// cache already shows are dropped from it. A device that `others` select too stays with the
-/// fleet that had it first: the one whose revision it targets, else the oldest fleet.
-pub fn select_devices<'a>(
-    ns: &str,
-    me: &FleetSelector,
-    others: &[FleetSelector],
-    cached: impl IntoIterator<Item = &'a CachedDevice>,
-    written: &mut Overlay,
-    now: i64,
-    offline_after: i64,
-) -> Selection {
-    let mut out = Selection::default();
-    for device in cached {
-        if !me.selector.matches(&device.labels) {
-            continue;
-        }
-        let name = &device.view.name;
-        let rivals: Vec<&FleetSelector> = others
-            .iter()
-            .filter(|f| f.selector.matches(&device.labels))
-            .collect();
-        if !rivals.is_empty() {
-            out.conflicted.push(name.clone());
-            let had_it = device
-                .view
-                .target
-                .as_deref()
-                .and_then(crate::views::fleet_of_revision)
-                .filter(|f| *f == me.name || rivals.iter().any(|r| r.name == *f));
-            let owner = match had_it {
-                Some(f) => f,
-                None => rivals
-                    .iter()
-                    .copied()
-                    .chain(std::iter::once(me))
-                    .min_by_key(|f| (f.created, f.name.as_str()))
-                    .map_or(me.name.as_str(), |f| f.name.as_str()),
-            };
-            if owner != me.name {
-                continue;
-            }
-        }
-        let mut view = device.view.clone();
-        view.online = view.online && !device.stale(now, offline_after);
-        // The overlay is empty but for moments after a write: no key to build per device
-        // on every reconcile of a large fleet.
-        if !written.is_empty() {
-            let key = (ns.to_owned(), name.clone());
-            match written.get(&key) {
-                Some((revision, _, _)) if view.target.as_ref() == Some(revision) => {
-                    written.remove(&key);
-                }
-                Some((revision, at, _)) => {
-                    view.target = Some(revision.clone());
-                    view.targeted_at = Some(*at);
-                }
-                None => {}
-            }
-        }
-        out.devices.push(view);
-    }
-    out
+/// A fleet's devices that another fleet selects too: how many, and the first names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overlap {
+    pub count: usize,
+    pub first: Vec<String>,
 }
 
 // === events ===
@@ -131,16 +72,17 @@ pub fn events(
     plan: &rollout::Plan,
     update: &str,
     steps: usize,
-    conflicted: &[String],
+    overlap: &Overlap,
 ) -> Vec<Note> {
     let mut out = Vec::new();
-    if !conflicted.is_empty() {
+    if overlap.count > 0 {
         out.push(Note::warning(
             "OverlappingSelectors",
             format!(
                 "{} devices are selected by this and another fleet; each stays with the fleet that had it first: {}",
-                conflicted.len(),
-                conflicted
+                overlap.count,
+                overlap
+                    .first
                     .iter()
                     .take(5)
                     .cloned()
@@ -226,36 +168,15 @@ pub fn events(
 
 // === revisions ===
 
-/// How many devices target each revision of `names`.
-pub fn device_counts<'a>(
-    names: impl IntoIterator<Item = &'a str>,
-    devices: &[DeviceView],
-) -> BTreeMap<&'a str, usize> {
-    names
-        .into_iter()
-        .map(|n| {
-            let count = devices
-                .iter()
-                .filter(|d| d.target.as_deref() == Some(n))
-                .count();
-            (n, count)
-        })
-        .collect()
-}
-
-/// The revisions to delete: beyond the newest `limit` of those nothing uses. A revision
-/// is in use when it is the update or stable revision, the one `rollbackTo` names, or
-/// any device of the fleet targets, runs or is pinned to it. `revisions` are
-/// (name, `spec.revision` number).
-/// Marks each device pinned to a revision it cannot run (not one of the fleet's retained
-/// `revisions`, or without a state for its architecture) and says why, per device.
-pub fn refuse_pins(
-    devices: &mut [DeviceView],
+/// Devices pinned to a revision they cannot run (not one of the fleet's retained `revisions`,
+/// or without a state for the device's architecture), and why.
+pub fn refuse_pins<'a>(
+    pinned: impl IntoIterator<Item = &'a DeviceView>,
     revisions: &[std::sync::Arc<edgevisor_crds::FleetRevision>],
 ) -> Vec<(String, String)> {
     use kube::ResourceExt;
     let mut out = Vec::new();
-    for d in devices.iter_mut() {
+    for d in pinned {
         let Some(pin) = d.pinned.as_deref() else {
             continue;
         };
@@ -275,33 +196,19 @@ pub fn refuse_pins(
             },
         };
         if let Some(why) = why {
-            d.pin_refused = true;
-            out.push((d.name.clone(), why));
+            out.push((d.name.to_string(), why));
         }
     }
     out
 }
 
-/// Devices of the namespace that target one of `fleet`'s revisions but are not among its
-/// selected `devices` any more: they left the fleet.
-pub fn released(fleet: &str, devices: &[DeviceView], in_namespace: &[DeviceView]) -> Vec<String> {
-    let selected: BTreeSet<&str> = devices.iter().map(|d| d.name.as_str()).collect();
-    in_namespace
-        .iter()
-        .filter(|d| !selected.contains(d.name.as_str()))
-        .filter(|d| {
-            d.target
-                .as_deref()
-                .and_then(crate::views::fleet_of_revision)
-                == Some(fleet)
-        })
-        .map(|d| d.name.clone())
-        .collect()
-}
-
+/// The revisions to delete: beyond the newest `limit` of those nothing uses. A revision
+/// is in use when it is the update or stable revision, the one `rollbackTo` names, or
+/// a device of the namespace targets, runs or is pinned to it (`referenced`). `revisions` are
+/// (name, `spec.revision` number).
 pub fn revisions_to_prune(
     revisions: &[(String, i64)],
-    devices: &[DeviceView],
+    referenced: impl Fn(&str) -> bool,
     update: &str,
     stable: Option<&str>,
     rollback_to: Option<&str>,
@@ -309,14 +216,9 @@ pub fn revisions_to_prune(
 ) -> Vec<String> {
     let mut in_use: BTreeSet<&str> = [update].into_iter().chain(stable).collect();
     in_use.extend(rollback_to);
-    for d in devices {
-        in_use.extend(d.target.as_deref());
-        in_use.extend(d.current.as_deref());
-        in_use.extend(d.pinned.as_deref());
-    }
     let mut unused: Vec<&(String, i64)> = revisions
         .iter()
-        .filter(|(name, _)| !in_use.contains(name.as_str()))
+        .filter(|(name, _)| !in_use.contains(name.as_str()) && !referenced(name))
         .collect();
     unused.sort_by_key(|(_, number)| std::cmp::Reverse(*number));
     unused

@@ -3,9 +3,11 @@
 //!
 //! Everything read comes from reflector stores (watch caches); the only API calls are writes,
 //! the rendering of a new template (registry, ConfigMaps), and nothing per device per event.
-//! Because a cache may lag the writes this controller just made, targets it wrote are kept in
-//! an overlay until the cache shows them, so a quick second reconcile never sees a device as
-//! not yet targeted and starts one too many.
+//! A fleet's devices come summed up ([`crate::rollout::Tally`], kept by the device index as
+//! devices change), so a reconcile costs what it moves, not what the fleet holds. Because a
+//! cache may lag the writes this controller just made, the index lays the targets it wrote
+//! over the cache until the cache shows them, so a quick second reconcile never sees a device
+//! as not yet targeted and starts one too many.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,11 +47,6 @@ const OVERLAY_TTL: Duration = Duration::from_secs(120);
 pub use crate::error::Error;
 
 pub mod decide;
-use decide::Selection;
-
-/// Targets written but maybe not yet in the cache: (namespace, device) → (revision, when set
-/// in seconds since the epoch, when written by this process).
-pub type Overlay = HashMap<(String, String), (String, i64, Instant)>;
 
 /// What every reconcile shares.
 pub struct Context {
@@ -62,8 +59,6 @@ pub struct Context {
     pub fleets: Store<Fleet>,
     pub devices: Arc<crate::device_index::DeviceIndex>,
     pub revisions: Store<FleetRevision>,
-    /// Targets written but maybe not yet in the cache.
-    pub written: Mutex<Overlay>,
     /// Parallel target writes.
     pub write_concurrency: usize,
     /// A device not heard from for this long counts as offline.
@@ -143,7 +138,8 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
         .map(|a| a.architecture)
         .collect();
 
-    // 2. Its devices, from the cache, with this controller's own recent writes laid over.
+    // 2. Its devices: the namespace's index sorts them into fleets as they change; a new
+    // set of fleets (one came, went or changed its selector) sorts them again.
     let Some(selector) = views::selector(fleet) else {
         write_render_failure(fleet, ctx, &fleets, "spec.selector cannot be parsed", now).await?;
         return Ok(Action::await_change());
@@ -157,38 +153,17 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
             .as_ref()
             .map_or(0, |t| t.0.as_second()),
     };
-    let me = fleet_selector(fleet, selector);
-    let others: Vec<decide::FleetSelector> = ctx
+    let mut selectors: Vec<decide::FleetSelector> = ctx
         .fleets
         .state()
         .into_iter()
         .filter(|f| f.namespace().as_deref() == Some(ns.as_str()) && f.name_any() != name)
         .filter_map(|f| views::selector(&f).map(|s| fleet_selector(&f, s)))
         .collect();
-    let cached = ctx.devices.in_namespace(&ns);
-    let Selection {
-        devices,
-        conflicted,
-    } = {
-        let mut written = ctx.written.lock().unwrap_or_else(|e| e.into_inner());
-        written.retain(|_, (_, _, when)| when.elapsed() < OVERLAY_TTL);
-        decide::select_devices(
-            &ns,
-            &me,
-            &others,
-            cached.iter().map(|d| &**d),
-            &mut written,
-            now.as_second(),
-            ctx.offline_after.as_secs() as i64,
-        )
-    };
-    let mut devices = devices;
-    let refused = decide::refuse_pins(&mut devices, &revisions);
-    for (device, why) in refused {
-        say_once_on_device(ctx, &ns, &device, "PinRefused", why).await;
-    }
+    selectors.push(fleet_selector(fleet, selector));
 
-    // 3. The plan.
+    // 3. The plan, from the fleet's tally (kept up by device events; summed again only when
+    // what devices are judged against changes).
     let old = fleet.status.as_ref();
     let memory = memory_of(old, fleet.spec.strategy.steps.len());
     let view = FleetView {
@@ -206,18 +181,60 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
         supported: &supported,
         now: now.as_second(),
     };
-    let plan = rollout::plan(&view, &memory, &devices);
+    let steps = fleet.spec.strategy.steps.len();
+    let basis = rollout::Basis::of(&view, &memory);
+    let decided = ctx.devices.with_namespace(&ns, |devices| {
+        devices.expire_written(Instant::now(), OVERLAY_TTL);
+        devices.set_fleets(selectors);
+        let released = devices.take_released(&name);
+        let mine = devices.fleet_mut(&name)?;
+        mine.tally.rebase(basis, now.as_second());
+        let tally = &mine.tally;
+        let pinned = tally.pinned().iter().filter_map(|n| tally.get(n));
+        let refused = decide::refuse_pins(pinned.map(|d| &**d), &revisions);
+        let plan = rollout::plan_tally(&view, &memory, tally, |n| {
+            refused.iter().any(|(d, _)| d == n)
+        });
+        let overlap = decide::Overlap {
+            count: mine.overlapping.len(),
+            first: mine
+                .overlapping
+                .iter()
+                .take(rollout::plan::NAMES_SHOWN)
+                .map(|n| n.to_string())
+                .collect(),
+        };
+        Some(Decided {
+            architectures: architecture_counts(tally, &supported),
+            plan,
+            refused,
+            overlap,
+            released,
+        })
+    });
+    let Some(Decided {
+        plan,
+        architectures,
+        refused,
+        overlap,
+        released,
+    }) = decided
+    else {
+        // Not yet among the namespace's fleets: the cache of fleets lags this one.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
+    for (device, why) in refused {
+        say_once_on_device(ctx, &ns, &device, "PinRefused", why).await;
+    }
 
     // 4. New targets, then the status that reports them.
     write_targets(ctx, &ns, &plan.retarget, now).await?;
-    let architectures = architecture_counts(&devices, &supported, &update_name);
-    let steps = fleet.spec.strategy.steps.len();
     let new_status = status::fleet_status(
         old,
         &plan,
         steps,
         architectures,
-        &conflicted,
+        &overlap,
         fleet.meta().generation,
         now,
     );
@@ -237,20 +254,22 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
         .map(|c| c.reason.as_str())
         .unwrap_or_default();
-    for note in decide::events(old_reason, &memory, &plan, &update_name, steps, &conflicted) {
+    for note in decide::events(old_reason, &memory, &plan, &update_name, steps, &overlap) {
         publish(ctx, fleet, note).await;
     }
-    ctx.metrics.fleet(
-        &ns,
-        &name,
-        &views::fleet_figures(&devices, &new_status, steps),
-    );
+    let figures = ctx.devices.with_namespace(&ns, |devices| {
+        devices
+            .fleet(&name)
+            .map(|f| views::fleet_figures(&f.tally, &new_status, steps))
+    });
+    if let Some(figures) = figures {
+        ctx.metrics.fleet(&ns, &name, &figures);
+    }
 
     // 5. Devices that left the fleet but still target its revisions are released (they keep
     // running what they have, and say so); revisions: how many devices use each, and forget
     // the old ones no Device of the namespace uses, in this fleet or not.
-    let in_namespace: Vec<rollout::DeviceView> = cached.iter().map(|d| d.view.clone()).collect();
-    for released in decide::released(&name, &devices, &in_namespace) {
+    for released in released {
         let note = format!(
             "no longer selected by fleet {name}: it keeps what it runs, and its revision is kept \
              while it uses it"
@@ -262,7 +281,6 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
         fleet,
         &ns,
         &revisions,
-        &in_namespace,
         &update_name,
         plan.stable_revision.as_deref(),
     )
@@ -272,7 +290,7 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
         revision = %update_name,
         phase = ?plan.phase,
         retargeted = plan.retarget.len(),
-        devices = devices.len(),
+        devices = plan.counts.devices,
         "reconciled"
     );
     Ok(match plan.requeue_after {
@@ -310,32 +328,34 @@ fn memory_of(status: Option<&FleetStatus>, steps: usize) -> RolloutMemory {
 }
 
 fn architecture_counts(
-    devices: &[rollout::DeviceView],
+    tally: &rollout::Tally,
     supported: &BTreeSet<Architecture>,
-    update: &str,
 ) -> Vec<ArchitectureCounts> {
-    let mut by_arch: BTreeMap<Architecture, ArchitectureCounts> = BTreeMap::new();
-    for d in devices {
-        let Some(arch) = d.architecture else { continue };
-        let c = by_arch.entry(arch).or_insert_with(|| ArchitectureCounts {
-            architecture: arch,
-            devices: 0,
-            updated: 0,
-            ready: 0,
-            failed: 0,
-            supported: supported.contains(&arch),
-        });
-        c.devices += 1;
-        let on_update = d.current.as_deref() == Some(update);
-        c.updated += i32::from(on_update);
-        c.ready += i32::from(on_update && d.ready);
-        let failed = d.target.as_deref() == Some(update)
-            && d.update
-                .as_ref()
-                .is_some_and(|u| u.revision == update && u.status.is_failure());
-        c.failed += i32::from(failed);
-    }
-    by_arch.into_values().collect()
+    let n = |v: usize| i32::try_from(v).unwrap_or(i32::MAX);
+    tally
+        .architectures()
+        .iter()
+        .filter_map(|(arch, t)| {
+            let architecture = (*arch)?;
+            Some(ArchitectureCounts {
+                architecture,
+                devices: n(t.devices),
+                updated: n(t.updated),
+                ready: n(t.ready),
+                failed: n(t.failed),
+                supported: supported.contains(&architecture),
+            })
+        })
+        .collect()
+}
+
+/// What a reconcile decides with the namespace's devices locked.
+struct Decided {
+    plan: rollout::Plan,
+    architectures: Vec<ArchitectureCounts>,
+    refused: Vec<(String, String)>,
+    overlap: decide::Overlap,
+    released: Vec<rollout::Name>,
 }
 
 /// Writes `spec.revision` (and when) on each device, by server-side apply, in parallel.
@@ -373,13 +393,14 @@ async fn write_targets(
     while let Some(result) = results.next().await {
         match result {
             Ok((device, revision)) => {
-                ctx.written
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(
-                        (ns.to_string(), device),
-                        (revision, now.as_second(), Instant::now()),
-                    );
+                ctx.devices.with_namespace(ns, |devices| {
+                    devices.wrote(
+                        &device,
+                        revision.as_str().into(),
+                        now.as_second(),
+                        Instant::now(),
+                    )
+                });
             }
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -636,16 +657,21 @@ async fn tidy_revisions(
     fleet: &Fleet,
     ns: &str,
     revisions: &[Arc<FleetRevision>],
-    devices: &[rollout::DeviceView],
     update: &str,
     stable: Option<&str>,
 ) -> Result<(), Error> {
     let api: Api<FleetRevision> = Api::namespaced(ctx.client.clone(), ns);
     let now = Timestamp::now();
     let names: Vec<String> = revisions.iter().map(|r| r.name_any()).collect();
-    let counts = decide::device_counts(names.iter().map(String::as_str), devices);
+    let uses: HashMap<&str, crate::device_index::RevisionUse> =
+        ctx.devices.with_namespace(ns, |d| {
+            names
+                .iter()
+                .map(|n| (n.as_str(), d.revision_use(n)))
+                .collect()
+        });
     for (revision, name) in revisions.iter().zip(&names) {
-        let count = counts.get(name.as_str()).copied().unwrap_or(0);
+        let count = uses.get(name.as_str()).map_or(0, |u| u.targeted);
         let wanted = FleetRevisionStatus {
             observed_generation: revision.meta().generation,
             architectures: Some(revision.spec.architectures_label()),
@@ -685,7 +711,7 @@ async fn tidy_revisions(
         .collect();
     let prune = decide::revisions_to_prune(
         &numbered,
-        devices,
+        |n| uses.get(n).is_some_and(|u| u.referenced > 0),
         update,
         stable,
         fleet.spec.rollback_to.as_deref(),

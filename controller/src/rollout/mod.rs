@@ -8,5 +8,10 @@
 //! without exceeding `maxUnavailable` or retargeting a device twice.
 pub mod plan;
 pub mod sizes;
+pub mod tally;
 
-pub use plan::{DeviceView, FleetView, Phase, Plan, RolloutMemory, UpdateReport, plan};
+pub use plan::{
+    DeviceView, FleetView, Phase, Plan, RolloutMemory, UpdateReport, effective_memory, plan,
+    plan_tally,
+};
+pub use tally::{Basis, Name, Tally};

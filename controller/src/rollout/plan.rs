@@ -20,11 +20,13 @@
 //! - *canary order*: devices sorted by a stable hash of their name, so the same devices go first
 //!   in every rollout of every fleet revision.
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use edgevisor_crds::fleet::{Abort, Resume, Retry, RolloutStrategy};
 use edgevisor_crds::{Architecture, UpdateStatus};
 
 use super::sizes::{Round, resolve};
+use super::tally::{Basis, Name, Tally, progress_part};
 
 /// The Fleet, as the plan needs it.
 #[derive(Clone, Debug)]
@@ -78,7 +80,7 @@ pub struct RolloutMemory {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpdateReport {
     /// The revision it was installing.
-    pub revision: String,
+    pub revision: Name,
     /// Where it got.
     pub status: UpdateStatus,
     /// When it started, seconds since the epoch.
@@ -89,13 +91,13 @@ pub struct UpdateReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceView {
     /// `metadata.name`.
-    pub name: String,
+    pub name: Name,
     /// The architecture it reported; unknown devices are never targeted.
     pub architecture: Option<Architecture>,
     /// `spec.revision`.
-    pub target: Option<String>,
+    pub target: Option<Name>,
     /// `status.currentRevision`: what it runs, committed.
-    pub current: Option<String>,
+    pub current: Option<Name>,
     /// `status.update`.
     pub update: Option<UpdateReport>,
     /// When the controller set `target` (it records this beside the target).
@@ -103,7 +105,7 @@ pub struct DeviceView {
     /// `spec.paused`.
     pub paused: bool,
     /// `spec.pinnedRevision`.
-    pub pinned: Option<String>,
+    pub pinned: Option<Name>,
     /// The pinned revision does not exist or has no state for the device's architecture: the
     /// pin is refused (and the device told why) rather than sending it something it cannot run.
     pub pin_refused: bool,
@@ -113,7 +115,7 @@ pub struct DeviceView {
     pub ready: bool,
     /// Revisions whose update ended in failure on it, from its history: a device sent back
     /// after failing still counts as failed for that revision.
-    pub failed_revisions: Vec<String>,
+    pub failed_revisions: Vec<Name>,
     /// `spec.revoked`: it can fetch nothing, so no rollout moves it or waits for it.
     pub revoked: bool,
 }
@@ -181,10 +183,10 @@ impl DeviceView {
     /// An online, ready arm64 device that runs and targets `revision`: what tests vary.
     pub fn test(name: &str, revision: Option<&str>) -> DeviceView {
         DeviceView {
-            name: name.to_string(),
+            name: name.into(),
             architecture: Some(Architecture::Arm64),
-            target: revision.map(str::to_owned),
-            current: revision.map(str::to_owned),
+            target: revision.map(Name::from),
+            current: revision.map(Name::from),
             update: None,
             targeted_at: Some(0),
             paused: false,
@@ -205,17 +207,6 @@ pub fn canary_key(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })
-}
-
-impl DeviceView {
-    fn supported(&self, fleet: &FleetView<'_>) -> bool {
-        self.architecture
-            .is_some_and(|a| fleet.supported.contains(&a))
-    }
-
-    fn targetable(&self, fleet: &FleetView<'_>) -> bool {
-        self.supported(fleet) && self.pinned.is_none() && !self.paused && !self.revoked
-    }
 }
 
 /// How devices' updates are judged in one plan: against the per-device timeout, the time now,
@@ -239,11 +230,11 @@ impl Judge {
             return false;
         }
         match (&d.update, self.since) {
-            (Some(u), None) if u.revision == revision => u.status.is_failure(),
-            (Some(u), Some(since)) if u.revision == revision => {
+            (Some(u), None) if &*u.revision == revision => u.status.is_failure(),
+            (Some(u), Some(since)) if &*u.revision == revision => {
                 u.status.is_failure() && u.started_at.is_some_and(|t| t >= since)
             }
-            (_, None) => d.failed_revisions.iter().any(|r| r == revision),
+            (_, None) => d.failed_revisions.iter().any(|r| &**r == revision),
             (_, Some(_)) => false,
         }
     }
@@ -264,7 +255,7 @@ impl Judge {
         let started = d
             .update
             .as_ref()
-            .filter(|u| u.revision == revision)
+            .filter(|u| &*u.revision == revision)
             .and_then(|u| u.started_at)
             .or(d.targeted_at)?;
         let started = self.since.map_or(started, |since| started.max(since));
@@ -287,70 +278,117 @@ impl Judge {
     }
 }
 
-/// What counts as progress, as a short string: the step, and each device on its way to (or
-/// at) the update revision with the status it reports, `retarget` counted as already given (so
-/// the next plan does not see its own moves as progress again). A device starting, advancing or
-/// succeeding changes it; a device failing does not (failing is not progress).
-pub fn progress_mark(
+/// What counts as progress, as a short string: the step, and a fingerprint of each device on
+/// its way to (or at) the update revision with the status it reports ([`Tally::progress`]),
+/// `retarget` counted as already given (so the next plan does not see its own moves as
+/// progress again). A device starting, advancing or succeeding changes it; a device failing
+/// does not (failing is not progress).
+fn progress_mark(
+    fleet: &FleetView<'_>,
     step: usize,
-    update: &str,
     judge: &Judge,
-    devices: &[&DeviceView],
+    tally: &Tally,
     retarget: &[(String, String)],
 ) -> String {
-    let given: std::collections::HashMap<&str, &str> = retarget
-        .iter()
-        .map(|(name, revision)| (name.as_str(), revision.as_str()))
-        .collect();
-    let mut parts: Vec<String> = devices
-        .iter()
-        .filter(|d| {
-            let target = given.get(d.name.as_str()).copied().or(d.target.as_deref());
-            target == Some(update) || d.current.as_deref() == Some(update)
-        })
-        .filter(|d| !judge.failed(d, update))
-        .map(|d| {
-            let at = if d.current.as_deref() == Some(update) {
-                "done".to_string()
-            } else {
-                d.update
-                    .as_ref()
-                    .filter(|u| u.revision == update)
-                    .map(|u| format!("{:?}", u.status))
-                    .unwrap_or_default()
-            };
-            format!("{}={at}", d.name)
-        })
-        .collect();
-    parts.sort_unstable();
-    let text = format!("{step}|{}", parts.join(","));
-    format!("{:016x}", canary_key(&text))
+    let update = fleet.update_revision;
+    let mut sum = tally.progress();
+    for (name, revision) in retarget {
+        let Some(d) = tally.get(name) else { continue };
+        if !d.targetable_by(fleet.supported) || judge.failed(d, update) {
+            continue;
+        }
+        let on_update = d.current.as_deref() == Some(update);
+        let before = on_update || d.target.as_deref() == Some(update);
+        let after = on_update || revision == update;
+        match (before, after) {
+            (false, true) => sum = sum.wrapping_add(progress_part(d, update)),
+            (true, false) => sum = sum.wrapping_sub(progress_part(d, update)),
+            _ => {}
+        }
+    }
+    format!("{:016x}", canary_key(&format!("{step}|{sum:016x}")))
 }
 
-/// Decides the next moves of a rollout. Pure: the same inputs give the same plan.
+/// The memory a plan starts from: memory of another revision forgotten (it is about another
+/// rollout), and a retry not acted on yet applied (from step 0, the failures so far forgotten).
+pub fn effective_memory(fleet: &FleetView<'_>, memory: &RolloutMemory) -> RolloutMemory {
+    let update = fleet.update_revision;
+    let mut memory = if memory.revision.as_deref() == Some(update) {
+        memory.clone()
+    } else {
+        RolloutMemory {
+            revision: Some(update.to_string()),
+            ..RolloutMemory::default()
+        }
+    };
+    if let Some(retry) = fleet.retry.filter(|r| r.revision == update)
+        && memory.retry_attempt.is_none_or(|seen| retry.attempt > seen)
+    {
+        memory = RolloutMemory {
+            revision: Some(update.to_string()),
+            retry_attempt: Some(retry.attempt),
+            failures_since: Some(fleet.now),
+            ..RolloutMemory::default()
+        };
+    }
+    memory
+}
+
+impl Basis {
+    /// What a plan of `fleet` from `memory` judges devices against.
+    pub fn of(fleet: &FleetView<'_>, memory: &RolloutMemory) -> Basis {
+        Basis {
+            update: fleet.update_revision.into(),
+            supported: fleet.supported.clone(),
+            timeout: i64::from(fleet.strategy.device_timeout_seconds.max(1)),
+            since: effective_memory(fleet, memory).failures_since,
+        }
+    }
+}
+
+/// Decides the next moves of a rollout, from the fleet's devices. Pure: the same inputs give
+/// the same plan. Sums the devices up first; a controller keeps the sums instead
+/// ([`plan_tally`]).
 pub fn plan(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceView]) -> Plan {
-    let mut plan = plan_moves(fleet, memory, devices);
-    give_joined_the_stable_revision(fleet, devices, &mut plan);
-    track_progress(fleet, devices, &mut plan);
+    let tally = Tally::of(
+        Basis::of(fleet, memory),
+        fleet.now,
+        devices.iter().cloned().map(Arc::new),
+    );
+    let refused: BTreeSet<&str> = devices
+        .iter()
+        .filter(|d| d.pin_refused)
+        .map(|d| &*d.name)
+        .collect();
+    plan_tally(fleet, memory, &tally, |name| refused.contains(name))
+}
+
+/// Decides the next moves of a rollout from its devices' [`Tally`], which must judge against
+/// [`Basis::of`] `fleet` and `memory`, at `fleet.now`. `pin_refused` says which pinned devices
+/// may not have their pin. Costs what the moves cost, not what the fleet's size does.
+pub fn plan_tally(
+    fleet: &FleetView<'_>,
+    memory: &RolloutMemory,
+    tally: &Tally,
+    pin_refused: impl Fn(&str) -> bool,
+) -> Plan {
+    debug_assert_eq!(tally.basis(), &Basis::of(fleet, memory));
+    debug_assert_eq!(tally.now(), fleet.now);
+    let mut plan = plan_moves(fleet, effective_memory(fleet, memory), tally, pin_refused);
+    give_joined_the_stable_revision(fleet, tally, &mut plan);
+    track_progress(fleet, tally, &mut plan);
     plan
 }
 
 /// Notes progress, and says when a moving rollout has had none for `progressDeadlineSeconds`.
 /// Waiting (a pause, a resume, a held fleet) is not a stall; nor is an end.
-fn track_progress(fleet: &FleetView<'_>, devices: &[DeviceView], plan: &mut Plan) {
+fn track_progress(fleet: &FleetView<'_>, tally: &Tally, plan: &mut Plan) {
     let judge = Judge {
         timeout: i64::from(fleet.strategy.device_timeout_seconds.max(1)),
         now: fleet.now,
         since: plan.memory.failures_since,
     };
-    let targetable: Vec<&DeviceView> = devices.iter().filter(|d| d.targetable(fleet)).collect();
-    let mark = progress_mark(
-        plan.memory.step,
-        fleet.update_revision,
-        &judge,
-        &targetable,
-        &plan.retarget,
-    );
+    let mark = progress_mark(fleet, plan.memory.step, &judge, tally, &plan.retarget);
     let since = match &plan.memory.progress {
         Some((old, at)) if *old == mark => *at,
         _ => fleet.now,
@@ -371,7 +409,7 @@ fn track_progress(fleet: &FleetView<'_>, devices: &[DeviceView], plan: &mut Plan
 
 /// Devices that never had a target get the stable revision while the rollout does not move
 /// (paused, waiting, aborted), rather than nothing until it moves again.
-fn give_joined_the_stable_revision(fleet: &FleetView<'_>, devices: &[DeviceView], plan: &mut Plan) {
+fn give_joined_the_stable_revision(fleet: &FleetView<'_>, tally: &Tally, plan: &mut Plan) {
     if matches!(plan.phase, Phase::Progressing | Phase::Complete) {
         return;
     }
@@ -382,109 +420,59 @@ fn give_joined_the_stable_revision(fleet: &FleetView<'_>, devices: &[DeviceView]
     else {
         return;
     };
-    for d in devices {
-        if d.target.is_none()
-            && d.targetable(fleet)
-            && !plan.retarget.iter().any(|(name, _)| *name == d.name)
-        {
-            plan.retarget.push((d.name.clone(), stable.clone()));
+    let moved: BTreeSet<String> = plan.retarget.iter().map(|(n, _)| n.clone()).collect();
+    for name in tally.joined() {
+        if !moved.contains(&**name) {
+            plan.retarget.push((name.to_string(), stable.clone()));
         }
     }
 }
 
-/// The first [`NAMES_SHOWN`] names, sorted.
-fn shown<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
-    let mut all: Vec<&str> = names.collect();
-    all.sort_unstable();
-    all.into_iter()
+/// The first [`NAMES_SHOWN`] names, in name order.
+fn shown(names: &BTreeSet<Name>) -> Vec<String> {
+    names
+        .iter()
         .take(NAMES_SHOWN)
-        .map(str::to_owned)
+        .map(|n| n.to_string())
         .collect()
 }
 
-fn plan_moves(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceView]) -> Plan {
+fn plan_moves(
+    fleet: &FleetView<'_>,
+    mut memory: RolloutMemory,
+    tally: &Tally,
+    pin_refused: impl Fn(&str) -> bool,
+) -> Plan {
     let update = fleet.update_revision;
     let strategy = fleet.strategy;
     let now = fleet.now;
-
-    // Memory of another revision is about another rollout.
-    let mut memory = if memory.revision.as_deref() == Some(update) {
-        memory.clone()
-    } else {
-        RolloutMemory {
-            revision: Some(update.to_string()),
-            ..RolloutMemory::default()
-        }
-    };
-    // A retry not acted on yet: from step 0, the failures so far forgotten.
-    if let Some(retry) = fleet.retry.filter(|r| r.revision == update)
-        && memory.retry_attempt.is_none_or(|seen| retry.attempt > seen)
-    {
-        memory = RolloutMemory {
-            revision: Some(update.to_string()),
-            retry_attempt: Some(retry.attempt),
-            failures_since: Some(now),
-            ..RolloutMemory::default()
-        };
-    }
     let judge = Judge {
         timeout: i64::from(strategy.device_timeout_seconds.max(1)),
         now,
         since: memory.failures_since,
     };
-
-    let targetable: Vec<&DeviceView> = devices.iter().filter(|d| d.targetable(fleet)).collect();
-    let size = devices
-        .iter()
-        .filter(|d| d.supported(fleet) && d.pinned.is_none())
-        .count();
-    let failed_devices: Vec<&&DeviceView> = targetable
-        .iter()
-        .filter(|d| judge.failed(d, update))
-        .collect();
-    let failed = failed_devices.len();
-    let succeeded = targetable
-        .iter()
-        .filter(|d| d.current.as_deref() == Some(update))
-        .count();
-    // Finished: succeeded or failed. Remaining: neither, and not on its way.
+    let totals = tally.totals();
+    let size = totals.sized;
+    let failed = totals.failed;
+    let succeeded = totals.succeeded;
+    // Finished: succeeded or failed. Remaining (not finished, not on its way): the candidates
+    // online, the skipped offline.
     let finished = succeeded + failed;
-    let remaining: Vec<&&DeviceView> = targetable
-        .iter()
-        .filter(|d| {
-            d.current.as_deref() != Some(update)
-                && !judge.failed(d, update)
-                && d.target.as_deref() != Some(update)
-        })
-        .collect();
-    let on_the_way = targetable
-        .iter()
-        .filter(|d| {
-            d.target.as_deref() == Some(update)
-                && d.current.as_deref() != Some(update)
-                && !judge.failed(d, update)
-        })
-        .count();
-    let skipped: Vec<&&&DeviceView> = remaining.iter().filter(|d| !d.online).collect();
+    let on_the_way = totals.on_the_way;
+    let online_remaining = tally.candidate_count();
     let counts = Counts {
-        devices: devices.len(),
-        updated: devices
-            .iter()
-            .filter(|d| d.current.as_deref() == Some(update))
-            .count(),
-        ready: devices
-            .iter()
-            .filter(|d| d.current.as_deref() == Some(update) && d.ready)
-            .count(),
+        devices: totals.devices,
+        updated: totals.updated,
+        ready: totals.ready,
         updating: on_the_way,
         failed,
-        offline: devices.iter().filter(|d| !d.online).count(),
-        unsupported: devices.iter().filter(|d| !d.supported(fleet)).count(),
-        skipped: skipped.len(),
+        offline: totals.offline,
+        unsupported: totals.unsupported,
+        skipped: tally.skipped().len(),
     };
     let mut plan = Plan {
-        failed_devices: shown(failed_devices.iter().map(|d| d.name.as_str())),
-        skipped_offline: shown(skipped.iter().map(|d| d.name.as_str())),
+        failed_devices: shown(tally.failed()),
+        skipped_offline: shown(tally.skipped()),
         retarget: Vec::new(),
         memory: memory.clone(),
         phase: Phase::Progressing,
@@ -499,7 +487,6 @@ fn plan_moves(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceVi
     if fleet.paused {
         let threshold = resolve(&strategy.failure_threshold, size, Round::Up);
         let asked_to_abort = fleet.abort.is_some_and(|a| a.revision == update);
-        let online_remaining = remaining.iter().filter(|d| d.online).count();
         plan.phase = if memory.aborted || asked_to_abort || failed >= threshold {
             memory.aborted = true;
             Phase::Aborted
@@ -513,11 +500,16 @@ fn plan_moves(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceVi
     }
 
     // People's overrides come first: a pinned device runs its pin (unless held).
-    for device in devices.iter().filter(|d| !d.paused && !d.pin_refused) {
+    for name in tally.pinned() {
+        let Some(device) = tally.get(name) else {
+            continue;
+        };
         if let Some(pin) = &device.pinned
+            && !device.paused
+            && !pin_refused(name)
             && device.target.as_ref() != Some(pin)
         {
-            plan.retarget.push((device.name.clone(), pin.clone()));
+            plan.retarget.push((name.to_string(), pin.to_string()));
         }
     }
 
@@ -530,12 +522,8 @@ fn plan_moves(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceVi
         if strategy.auto_rollback
             && let Some(stable) = fleet.stable_revision.filter(|s| *s != update)
         {
-            for device in targetable
-                .iter()
-                .filter(|d| d.target.as_deref() == Some(update))
-            {
-                plan.retarget
-                    .push((device.name.clone(), stable.to_string()));
+            for name in tally.toward_update() {
+                plan.retarget.push((name.to_string(), stable.to_string()));
             }
         }
         plan.memory = memory;
@@ -544,7 +532,6 @@ fn plan_moves(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceVi
 
     // Nothing left to start among online devices and nothing on its way: complete. Devices
     // skipped as offline catch up when they return, which reopens the rollout.
-    let online_remaining = remaining.len() - skipped.len();
     if online_remaining == 0 && on_the_way == 0 {
         plan.phase = Phase::Complete;
         // With nobody finished (no targetable device, or all of them offline) the rollout is
@@ -577,11 +564,12 @@ fn plan_moves(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceVi
             .resume
             .is_some_and(|r| r.revision == update && usize::try_from(r.step).ok() == Some(step))
     };
+    let targetable = totals.targetable;
     let goal = loop {
         let Some(step) = strategy.steps.get(memory.step) else {
-            break targetable.len();
+            break targetable;
         };
-        let goal = resolve(&step.devices, size, Round::Up).min(targetable.len());
+        let goal = resolve(&step.devices, size, Round::Up).min(targetable);
         if finished < goal {
             break goal;
         }
@@ -615,23 +603,20 @@ fn plan_moves(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceVi
     } else {
         resolve(&strategy.max_unavailable, size, Round::Down)
     };
-    let mut in_flight = devices.iter().filter(|d| judge.occupying(d)).count()
+    let mut in_flight = totals.occupying
         + plan
             .retarget
             .iter()
-            .filter(|(name, _)| {
-                devices
-                    .iter()
-                    .any(|d| &d.name == name && !judge.occupying(d))
-            })
+            .filter(|(name, _)| tally.get(name).is_some_and(|d| !judge.occupying(d)))
             .count();
     let mut wanted = goal.saturating_sub(finished + on_the_way);
-    let mut candidates: Vec<&&&DeviceView> = remaining.iter().filter(|d| d.online).collect();
-    candidates.sort_by_key(|d| (canary_key(&d.name), d.name.as_str()));
-    for device in candidates {
+    for name in tally.candidates() {
         if wanted == 0 {
             break;
         }
+        let Some(device) = tally.get(name) else {
+            continue;
+        };
         // A device already on its way elsewhere is unavailable anyway; turning it costs nothing.
         if !judge.occupying(device) {
             if in_flight >= max_unavailable {
@@ -639,16 +624,11 @@ fn plan_moves(fleet: &FleetView<'_>, memory: &RolloutMemory, devices: &[DeviceVi
             }
             in_flight += 1;
         }
-        plan.retarget
-            .push((device.name.clone(), update.to_string()));
+        plan.retarget.push((name.to_string(), update.to_string()));
         wanted -= 1;
     }
 
-    plan.requeue_after = targetable
-        .iter()
-        .filter_map(|d| judge.time_left(d, update))
-        .filter(|left| *left > 0)
-        .min();
+    plan.requeue_after = tally.next_update_deadline().map(|at| at - now);
     plan.memory = memory;
     plan
 }

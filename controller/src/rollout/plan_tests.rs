@@ -57,6 +57,9 @@ struct World {
     stable: Option<String>,
     update: String,
     now: i64,
+    /// The devices as last planned and their tally, kept up by applying only what changed
+    /// since: what the controller does with watch events.
+    kept: std::cell::RefCell<(Vec<DeviceView>, Option<Tally>)>,
 }
 
 impl World {
@@ -74,6 +77,7 @@ impl World {
             stable: Some(OLD.into()),
             update: NEW.into(),
             now: 1_000,
+            kept: Default::default(),
         }
     }
 
@@ -90,7 +94,44 @@ impl World {
             supported: &self.supported,
             now: self.now,
         };
-        plan(&fleet, &self.memory, &self.devices)
+        let scratch = plan(&fleet, &self.memory, &self.devices);
+        // The same plan from a tally kept up through every change the tests make, one device
+        // event at a time, equal to one summed from scratch.
+        let mut kept = self.kept.borrow_mut();
+        let (before, tally) = &mut *kept;
+        let tally = tally.get_or_insert_with(|| Tally::new(Basis::default(), self.now));
+        let now_names: BTreeSet<&str> = self.devices.iter().map(|d| &*d.name).collect();
+        for gone in before.iter().filter(|d| !now_names.contains(&*d.name)) {
+            tally.remove(&gone.name);
+        }
+        for d in &self.devices {
+            if before.iter().find(|b| b.name == d.name) != Some(d) {
+                tally.upsert(Arc::new(d.clone()));
+            }
+        }
+        *before = self.devices.clone();
+        tally.rebase(Basis::of(&fleet, &self.memory), self.now);
+        let scratch_tally = Tally::of(
+            Basis::of(&fleet, &self.memory),
+            self.now,
+            self.devices.iter().cloned().map(Arc::new),
+        );
+        assert_eq!(
+            *tally, scratch_tally,
+            "a tally kept up equals one summed from scratch"
+        );
+        let refused: BTreeSet<&str> = self
+            .devices
+            .iter()
+            .filter(|d| d.pin_refused)
+            .map(|d| &*d.name)
+            .collect();
+        let incremental = plan_tally(&fleet, &self.memory, tally, |n| refused.contains(n));
+        assert_eq!(
+            incremental, scratch,
+            "the kept tally plans as the devices do"
+        );
+        scratch
     }
 
     /// Plans and applies the retargets, as the controller does.
@@ -100,9 +141,9 @@ impl World {
             let d = self
                 .devices
                 .iter_mut()
-                .find(|d| &d.name == name)
+                .find(|d| &*d.name == name)
                 .expect("planned device exists");
-            d.target = Some(revision.clone());
+            d.target = Some(revision.as_str().into());
             d.targeted_at = Some(self.now);
         }
         self.memory = plan.memory.clone();
@@ -145,7 +186,7 @@ impl World {
         self.devices
             .iter()
             .filter(|d| d.target.as_deref() == Some(revision))
-            .map(|d| d.name.clone())
+            .map(|d| d.name.to_string())
             .collect()
     }
 }
@@ -155,7 +196,7 @@ fn names(plan: &Plan) -> Vec<&str> {
 }
 
 fn canary_order(devices: &[DeviceView]) -> Vec<String> {
-    let mut names: Vec<String> = devices.iter().map(|d| d.name.clone()).collect();
+    let mut names: Vec<String> = devices.iter().map(|d| d.name.to_string()).collect();
     names.sort_by_key(|n| (canary_key(n), n.clone()));
     names
 }
@@ -459,8 +500,8 @@ proptest! {
             let in_flight_before = occupying(&world);
             let total = world.devices.iter().filter(|d| d.pinned.is_none()).count();
             let max_unavailable = resolve(&world.strategy.max_unavailable, total, Round::Down);
-            let held: BTreeSet<String> = world.devices.iter().filter(|d| d.paused).map(|d| d.name.clone()).collect();
-            let offline: BTreeSet<String> = world.devices.iter().filter(|d| !d.online).map(|d| d.name.clone()).collect();
+            let held: BTreeSet<String> = world.devices.iter().filter(|d| d.paused).map(|d| d.name.to_string()).collect();
+            let offline: BTreeSet<String> = world.devices.iter().filter(|d| !d.online).map(|d| d.name.to_string()).collect();
             let before = world.devices.clone();
             let plan = world.step();
             let revision = world.update.clone();
@@ -469,12 +510,12 @@ proptest! {
                 // Held devices are never touched; offline ones are never started.
                 prop_assert!(!held.contains(name), "held device {name} retargeted");
                 // No device is given the revision it already has as target.
-                let old = before.iter().find(|d| &d.name == name).and_then(|d| d.target.clone());
+                let old = before.iter().find(|d| &*d.name == name).and_then(|d| d.target.clone());
                 prop_assert_ne!(old.as_deref(), Some(rev.as_str()));
                 if rev == &revision {
                     prop_assert!(!offline.contains(name), "offline device {name} started");
                     // Never a revision without the device's architecture.
-                    let arch = before.iter().find(|d| &d.name == name).and_then(|d| d.architecture);
+                    let arch = before.iter().find(|d| &*d.name == name).and_then(|d| d.architecture);
                     prop_assert!(arch.is_some_and(|a| world.supported.contains(&a)), "{name} ({arch:?}) given {rev}");
                     // ...and never twice the same revision in one rollout.
                     let n = given.entry((name.clone(), rev.clone())).or_default();
@@ -496,7 +537,7 @@ proptest! {
                     .collect();
                 startable.sort_by_key(|d| (canary_key(&d.name), d.name.clone()));
                 let started: Vec<&str> = plan.retarget.iter().filter(|(_, r)| r == &revision).map(|(n, _)| n.as_str()).collect();
-                let prefix: Vec<&str> = startable.iter().take(started.len()).map(|d| d.name.as_str()).collect();
+                let prefix: Vec<&str> = startable.iter().take(started.len()).map(|d| &*d.name).collect();
                 prop_assert_eq!(started, prefix);
             }
 
@@ -552,7 +593,7 @@ fn a_revoked_device_is_neither_moved_nor_waited_for() {
         !plan
             .retarget
             .iter()
-            .any(|(d, _)| *d == world.devices[2].name)
+            .any(|(d, _)| **d == *world.devices[2].name)
     );
     for d in world.devices.iter_mut().take(2) {
         d.current = Some(NEW.into());
