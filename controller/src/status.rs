@@ -373,6 +373,7 @@ mod tests {
             },
             requeue_after: None,
             stalled_for: None,
+            more: false,
         }
     }
 

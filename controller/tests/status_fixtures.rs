@@ -63,6 +63,7 @@ fn plan(phase: Phase, step: usize, counts: Counts) -> Plan {
         counts,
         requeue_after: None,
         stalled_for: None,
+        more: false,
     }
 }
 

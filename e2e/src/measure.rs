@@ -59,6 +59,23 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
+/// A process's CPU time so far (user and system), in seconds.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("no command in stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields.get(i).context("short stat")?.parse::<f64>()?)
+    };
+    // utime and stime are fields 14 and 15: 11 and 12 after the command.
+    let hz = 100.0; // USER_HZ, the same on every Linux architecture this runs on
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
 /// Waits until `http://{metrics}/readyz` answers 200.
 pub async fn wait_ready(
     metrics: &str,

@@ -54,6 +54,9 @@ pub struct FleetView<'a> {
     pub supported: &'a BTreeSet<Architecture>,
     /// Now, in seconds since the epoch.
     pub now: i64,
+    /// Most new targets one plan gives; the rest come in the next plan, asked for at once
+    /// ([`Plan::more`]).
+    pub batch: usize,
 }
 
 /// What the plan remembers from one call to the next (kept in `Fleet.status`).
@@ -176,6 +179,8 @@ pub struct Plan {
     pub requeue_after: Option<i64>,
     /// Moving, but nothing has progressed for `progressDeadlineSeconds`: how long, in seconds.
     pub stalled_for: Option<i64>,
+    /// More targets were due than [`FleetView::batch`]: plan again at once.
+    pub more: bool,
 }
 
 #[cfg(test)]
@@ -376,6 +381,9 @@ pub fn plan_tally(
     debug_assert_eq!(tally.now(), fleet.now);
     let mut plan = plan_moves(fleet, effective_memory(fleet, memory), tally, pin_refused);
     give_joined_the_stable_revision(fleet, tally, &mut plan);
+    // Only what is given counts as given in the progress mark.
+    plan.more = plan.retarget.len() > fleet.batch.max(1);
+    plan.retarget.truncate(fleet.batch.max(1));
     track_progress(fleet, tally, &mut plan);
     plan
 }
@@ -480,6 +488,7 @@ fn plan_moves(
         counts,
         requeue_after: None,
         stalled_for: None,
+        more: false,
     };
 
     // A held fleet moves nobody, but keeps what it is: an abort stays an abort (unpausing must

@@ -57,6 +57,7 @@ struct World {
     stable: Option<String>,
     update: String,
     now: i64,
+    batch: usize,
     /// The devices as last planned and their tally, kept up by applying only what changed
     /// since: what the controller does with watch events.
     kept: std::cell::RefCell<(Vec<DeviceView>, Option<Tally>)>,
@@ -77,6 +78,7 @@ impl World {
             stable: Some(OLD.into()),
             update: NEW.into(),
             now: 1_000,
+            batch: usize::MAX,
             kept: Default::default(),
         }
     }
@@ -93,6 +95,7 @@ impl World {
             stable_revision: self.stable.as_deref(),
             supported: &self.supported,
             now: self.now,
+            batch: self.batch,
         };
         let scratch = plan(&fleet, &self.memory, &self.devices);
         // The same plan from a tally kept up through every change the tests make, one device
@@ -989,4 +992,20 @@ fn a_refused_pin_is_not_applied() {
             .retarget
             .contains(&("dev-000".to_string(), "f-2222222222".to_string()))
     );
+}
+
+#[test]
+fn a_large_move_comes_in_batches_each_counted_as_progress() {
+    let mut world = World::new(fleet_of(10), strategy(10, vec![]));
+    world.batch = 4;
+    let first = world.step();
+    assert_eq!((first.retarget.len(), first.more), (4, true));
+    let mark = first.memory.progress.clone();
+    world.now += 1;
+    let second = world.step();
+    assert_eq!((second.retarget.len(), second.more), (4, true));
+    assert_ne!(second.memory.progress, mark, "a batch given is progress");
+    let third = world.step();
+    assert_eq!((third.retarget.len(), third.more), (2, false));
+    assert_eq!(world.targets(NEW).len(), 10);
 }

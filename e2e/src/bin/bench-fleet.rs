@@ -25,12 +25,13 @@ use futures::{StreamExt, TryStreamExt};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
-/// Measure a rollout to many devices through the gateway, and the idle cost of a fleet.
+/// Measure a rollout to many devices through the gateway, what each open connection costs it,
+/// and the idle cost of a fleet.
 #[derive(Parser)]
 struct Args {
-    /// Simulated agents.
-    #[arg(long, default_value_t = 2000)]
-    devices: usize,
+    /// Simulated agents: one run per count, each with its own gateway and namespace.
+    #[arg(long, value_delimiter = ',', default_values_t = [2_000, 20_000])]
+    devices: Vec<usize>,
     /// Seconds of idle polling measured after the rollout (scaled to an hour). One liveness
     /// interval (60 s by default: each gateway replica's heard-from summary) and a little is
     /// the shortest honest window.
@@ -185,13 +186,31 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let env = Env::get();
     let client: Client = env.client().await?;
-    let ns = env.namespace("fleetbench");
+    for &n in &args.devices {
+        one_size(env, &client, n, &args).await?;
+    }
+    Ok(())
+}
+
+/// `2k` for 2,000.
+fn label(n: usize) -> String {
+    if n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+async fn one_size(env: &Env, client: &Client, n: usize, args: &Args) -> anyhow::Result<()> {
+    let ns = env.namespace(&format!("fleetbench-{}", label(n)));
     let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
-    let dir = env
-        .repo
-        .join(format!("target/e2e-env/bench-fleet-{}", std::process::id()));
-    let (gw, tls, token) = start_gateway(env, &client, &ns, &dir, &args).await?;
-    let agents = enroll(&gw, &tls, &token, args.devices).await?;
+    let dir = env.repo.join(format!(
+        "target/e2e-env/bench-fleet-{}-{n}",
+        std::process::id()
+    ));
+    let (gw, tls, token) = start_gateway(env, client, &ns, &dir, args).await?;
+    let rss_empty = rss_bytes(gw.pid())?;
+    let agents = enroll(&gw, &tls, &token, n).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Seen = Default::default();
     let tasks: Vec<_> = agents
@@ -199,43 +218,74 @@ async fn main() -> anyhow::Result<()> {
         .cloned()
         .map(|a| tokio::spawn(a.run(stop.clone(), seen.clone(), args.wait_seconds)))
         .collect();
-    wait_online(&devices, args.devices, &gw).await?;
+    wait_online(&devices, n, &gw).await?;
     let (controller, image) = bench_controller(env, &ns, "fleetbench").await?;
     let r = rollout(
         env,
-        &client,
+        client,
         &ns,
         &devices,
         &image,
         &controller,
         &gw,
         &seen,
-        args.devices,
+        n,
     )
     .await?;
+    // Every agent has its new target and waits on its next long-poll.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let gateway_rss = rss_bytes(gw.pid())?;
+    let connections = open_connections(&gw).await?;
     let idle_writes = idle(env, args.idle_seconds).await?;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.abort();
     }
-    let n = args.devices as f64;
-    println!("bench: fleet_rollout_seconds {:.2} s", r.seconds);
-    println!("bench: gateway_rss_bytes {gateway_rss} bytes");
+    drop((controller, gw));
+    let (f, l) = (n as f64, label(n));
+    println!("bench: fleet_rollout_seconds_{l} {:.2} s", r.seconds);
+    println!("bench: gateway_rss_bytes_{l} {gateway_rss} bytes");
+    println!("bench: gateway_open_connections_{l} {connections} connections");
+    // Everything the gateway grew by since it served nobody, over its open connections: each
+    // connection's TLS and HTTP state, its parked long-poll, and its device's cache entry.
     println!(
-        "bench: apiserver_writes_per_device_update {:.2} writes",
-        r.writes / n
+        "bench: gateway_rss_bytes_per_connection_{l} {:.0} bytes",
+        gateway_rss.saturating_sub(rss_empty) as f64 / connections.max(1) as f64
     );
     println!(
-        "bench: apiserver_writes_per_device_idle_hour {:.2} writes",
-        idle_writes / n * 3600.0 / args.idle_seconds as f64
+        "bench: apiserver_writes_per_device_update_{l} {:.2} writes",
+        r.writes / f
     );
     println!(
-        "bench: target_delay_p99_seconds {:.3} s",
+        "bench: apiserver_writes_per_device_idle_hour_{l} {:.2} writes",
+        idle_writes / f * 3600.0 / args.idle_seconds as f64
+    );
+    println!(
+        "bench: target_delay_p99_seconds_{l} {:.3} s",
         percentile(r.delays, 0.99)
     );
+    // The devices go (the control plane alone has no namespace controller to delete them with
+    // their namespace): the next size must not share the apiserver with them.
+    devices
+        .delete_collection(&Default::default(), &Default::default())
+        .await?;
+    env.kubectl(["delete", "namespace", &ns, "--wait=false"])
+        .run();
     let _ = std::fs::remove_dir_all(&dir).context("removing the TLS dir");
     Ok(())
+}
+
+/// The gateway's open device connections, from its /metrics.
+async fn open_connections(gw: &Gateway) -> anyhow::Result<u64> {
+    let text = reqwest::get(format!("http://{}/metrics", gw.metrics))
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("edgevisor_gateway_connections "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .context("no edgevisor_gateway_connections in the gateway's metrics")
 }
 
 /// A gateway for the namespace, with a bootstrap token of its own, ready to serve.

@@ -61,6 +61,7 @@ fn plan(
         },
         requeue_after: None,
         stalled_for: None,
+        more: false,
     }
 }
 
