@@ -32,7 +32,8 @@ struct Slot {
     cached: Arc<DeviceView>,
     /// As the planner sees it: `cached` with `written` laid over.
     view: Arc<DeviceView>,
-    written: Option<Written>,
+    /// Boxed: rare, and a slot is kept per device.
+    written: Option<Box<Written>>,
     /// `status.lastSeen`, seconds since the epoch.
     last_seen: Option<i64>,
     owner: Option<Name>,
@@ -110,7 +111,7 @@ impl Namespace {
         };
         let (labels, cached, last_seen) =
             (slot.labels.clone(), slot.cached.clone(), slot.last_seen);
-        let written = Written { revision, at, when };
+        let written = Box::new(Written { revision, at, when });
         self.place(labels, cached, Some(written), last_seen);
     }
 
@@ -226,7 +227,7 @@ impl Namespace {
         &mut self,
         labels: Arc<Labels>,
         cached: Arc<DeviceView>,
-        written: Option<Written>,
+        written: Option<Box<Written>>,
         last_seen: Option<i64>,
     ) {
         let name = cached.name.clone();

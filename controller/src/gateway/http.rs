@@ -152,7 +152,7 @@ async fn handle(gw: &Gateway, req: Request<Incoming>) -> Reply {
     let (route, result) = match (method.clone(), segments.as_slice()) {
         (Method::POST, ["v1", "enroll"]) => ("enroll", enroll_route(gw, req).await),
         (Method::GET, ["v1", "devices", ns, name, "target"]) => {
-            ("target", target_route(gw, ns, name, &req).await)
+            ("target", target_route(gw, ns, name, req).await)
         }
         (Method::PUT, ["v1", "devices", ns, name, "status"]) => {
             let key = (ns.to_string(), name.to_string());
@@ -311,11 +311,11 @@ async fn target_route(
     gw: &Gateway,
     ns: &str,
     name: &str,
-    req: &Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Reply, Fail> {
-    let (key, _) = authenticate(gw, req, ns, name)?;
-    let known = query(req, "known").filter(|k| !k.is_empty());
-    let wait = match query(req, "waitSeconds") {
+    let (key, _) = authenticate(gw, &req, ns, name)?;
+    let known = query(&req, "known").filter(|k| !k.is_empty());
+    let wait = match query(&req, "waitSeconds") {
         None => DEFAULT_WAIT_SECONDS,
         Some(w) => w.parse::<u64>().map_err(|_| {
             Fail::new(
@@ -325,6 +325,9 @@ async fn target_route(
         })?,
     }
     .min(MAX_WAIT_SECONDS);
+    // The request's headers share hyper's read buffer: let it go before a wait of minutes, or
+    // a parked poll holds two buffers (hyper reads on into a new one to see the peer leave).
+    drop(req);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let ticket = gw.devices.waiter(&key);
     let _waiting = gw.metrics.waiting();

@@ -118,7 +118,7 @@ pub struct DeviceView {
     pub ready: bool,
     /// Revisions whose update ended in failure on it, from its history: a device sent back
     /// after failing still counts as failed for that revision.
-    pub failed_revisions: Vec<Name>,
+    pub failed_revisions: Box<[Name]>,
     /// `spec.revoked`: it can fetch nothing, so no rollout moves it or waits for it.
     pub revoked: bool,
 }
@@ -199,7 +199,7 @@ impl DeviceView {
             pin_refused: false,
             online: true,
             ready: true,
-            failed_revisions: vec![],
+            failed_revisions: Box::default(),
             revoked: false,
         }
     }

@@ -581,7 +581,7 @@ fn a_canary_sent_back_after_failing_still_counts_as_failed() {
     let mut world = World::new(fleet_of(5), strategy(1, vec![]));
     // Sent back to the stable revision by the abort, it runs that again now.
     world.devices[0].target = Some(OLD.into());
-    world.devices[0].failed_revisions = vec![NEW.into()];
+    world.devices[0].failed_revisions = [NEW.into()].into();
     let plan = world.plan();
     assert_eq!(plan.counts.failed, 1);
     assert_eq!(plan.phase, Phase::Aborted);
@@ -696,7 +696,7 @@ fn the_latest_result_decides_whether_a_device_failed() {
     assert_eq!(world.plan().counts.failed, 1);
     // The agent tries again: in progress, not failed.
     let d = &mut world.devices[0];
-    d.failed_revisions = vec![NEW.into()];
+    d.failed_revisions = [NEW.into()].into();
     d.update = Some(UpdateReport {
         revision: NEW.into(),
         status: UpdateStatus::Downloading,
