@@ -149,14 +149,17 @@ async fn handle(gw: &Gateway, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
+    // Each route's future is boxed: a request in flight then holds what its own route needs,
+    // not the largest route's state (enrolling, with its API calls, is kilobytes); tens of
+    // thousands of devices wait in a long-poll at any time.
     let (route, result) = match (method.clone(), segments.as_slice()) {
-        (Method::POST, ["v1", "enroll"]) => ("enroll", enroll_route(gw, req).await),
+        (Method::POST, ["v1", "enroll"]) => ("enroll", Box::pin(enroll_route(gw, req)).await),
         (Method::GET, ["v1", "devices", ns, name, "target"]) => {
-            ("target", target_route(gw, ns, name, req).await)
+            ("target", Box::pin(target_route(gw, ns, name, req)).await)
         }
         (Method::PUT, ["v1", "devices", ns, name, "status"]) => {
             let key = (ns.to_string(), name.to_string());
-            ("status", status_route(gw, key, req).await)
+            ("status", Box::pin(status_route(gw, key, req)).await)
         }
         (Method::GET, ["v1", "devices", ns, name, "files", hex]) => {
             ("files", files_route(gw, ns, name, hex, &req))

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Parser;
 use edgevisor_crds::Device;
 use edgevisor_e2e::Env;
@@ -61,6 +61,8 @@ struct Figures {
     rss: u64,
     /// Controller CPU seconds per device status event.
     event_cpu: f64,
+    /// What the apiserver's resident memory grew by while the devices were created.
+    apiserver_growth: i64,
 }
 
 /// `10k` for 10,000.
@@ -99,6 +101,10 @@ async fn main() -> anyhow::Result<()> {
             "bench: device_event_cpu_microseconds_{l} {:.1} us",
             f.event_cpu * 1e6
         );
+        println!(
+            "bench: apiserver_rss_bytes_per_device_{l} {:.0} bytes",
+            f.apiserver_growth as f64 / n as f64
+        );
         by_size.insert(n, f);
     }
     let (Some((&small, s)), Some((&large, l))) =
@@ -121,7 +127,10 @@ async fn one_size(env: &Env, client: &Client, n: usize, args: &Args) -> anyhow::
     let ns = env.namespace(&format!("bench-{}", label(n)));
     let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
     let names: Vec<String> = (0..n).map(|i| format!("dev-{i:06}")).collect();
+    let apiserver = apiserver_pid(env)?;
+    let rss_before = rss_bytes(apiserver)?;
     create_devices(&devices, &names).await?;
+    let apiserver_growth = rss_bytes(apiserver)? as i64 - rss_before as i64;
     let raw = baseline(&devices, &names, args.concurrency).await?;
     let (controller, image) = bench_controller(env, &ns, "bench").await?;
     let (rollout, writes, rss, revision) =
@@ -146,7 +155,15 @@ async fn one_size(env: &Env, client: &Client, n: usize, args: &Args) -> anyhow::
         writes,
         rss,
         event_cpu,
+        apiserver_growth,
     })
+}
+
+/// The environment's kube-apiserver, from the pid file `e2e/env` keeps beside the kubeconfig.
+fn apiserver_pid(env: &Env) -> anyhow::Result<u32> {
+    let dir = env.kubeconfig.parent().context("a kubeconfig in a directory")?;
+    let text = std::fs::read_to_string(dir.join("kube-apiserver.pid"))?;
+    Ok(text.trim().parse()?)
 }
 
 /// The fleet's Devices, online, as the gateway would have them.

@@ -186,10 +186,33 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let env = Env::get();
     let client: Client = env.client().await?;
+    // One socket per agent in this process and one in the gateway's: neither may pass its
+    // limit of open files (kept free: a thousand for everything else).
+    let most = open_file_limit()?.saturating_sub(1_000) / 1_000 * 1_000;
     for &n in &args.devices {
+        let n = if n > most {
+            eprintln!(
+                "# {n} agents need more open files than this machine allows one process \
+                 (`ulimit -Hn`); measuring {most}"
+            );
+            most
+        } else {
+            n
+        };
         one_size(env, &client, n, &args).await?;
     }
     Ok(())
+}
+
+/// This process's limit of open files (raised to its hard limit by `e2e/bench/fleet`).
+fn open_file_limit() -> anyhow::Result<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse().ok())
+        .context("no open-file limit in /proc/self/limits")
 }
 
 /// `2k` for 2,000.
