@@ -22,6 +22,7 @@ pub mod serve;
 pub mod signing;
 pub mod status;
 pub mod views;
+pub mod watched;
 
 pub use error::Error;
 pub use run::{Ended, run};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use edgevisor_crds::{Device, Fleet, FleetRevision};
+use edgevisor_crds::{Fleet, FleetRevision};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
 use crate::registry::{Credentials, Registry, parse_docker_config};
 use crate::serve::{Health, serve};
+use crate::watched::WatchedDevice;
 
 /// How the controller stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +109,7 @@ async fn reconcile_while_leading(
     retry: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Ended {
-    let (fleets, devices, revisions): (Api<Fleet>, Api<Device>, Api<FleetRevision>) =
+    let (fleets, devices, revisions): (Api<Fleet>, Api<WatchedDevice>, Api<FleetRevision>) =
         match &config.namespace {
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
@@ -128,6 +129,7 @@ async fn reconcile_while_leading(
         let index = device_index.clone();
         watcher(devices, watch.clone())
             .default_backoff()
+            .map_ok(crate::watched::into_devices)
             .inspect_ok(move |event| index.apply(event))
             .touched_objects()
     };

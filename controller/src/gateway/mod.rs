@@ -26,6 +26,7 @@ use edgevisor_crds::FleetRevision;
 use kube::Client;
 use kube::runtime::reflector::Store;
 
+use crate::watched::WatchedDevice;
 use cache::DeviceCache;
 use metrics::GatewayMetrics;
 use target::RegistryMap;
@@ -73,7 +74,6 @@ pub async fn run(
 
     use crate::error::Error;
 
-    use edgevisor_crds::Device;
     use futures::TryStreamExt;
     use kube::runtime::{WatchStreamExt, reflector, watcher};
     use kube::{Api, ResourceExt};
@@ -83,7 +83,7 @@ pub async fn run(
         metrics: metrics.clone(),
         ready: false.into(),
     });
-    let (devices_api, revisions_api): (Api<Device>, Api<FleetRevision>) = match &namespace {
+    let (devices_api, revisions_api): (Api<WatchedDevice>, Api<FleetRevision>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -96,6 +96,7 @@ pub async fn run(
         let metrics = metrics.clone();
         watcher(devices_api, watcher::Config::default())
             .default_backoff()
+            .map_ok(crate::watched::into_devices)
             .try_for_each(move |event| {
                 devices.apply(&event);
                 metrics.set_devices(devices.len());

@@ -161,7 +161,10 @@ async fn one_size(env: &Env, client: &Client, n: usize, args: &Args) -> anyhow::
 
 /// The environment's kube-apiserver, from the pid file `e2e/env` keeps beside the kubeconfig.
 fn apiserver_pid(env: &Env) -> anyhow::Result<u32> {
-    let dir = env.kubeconfig.parent().context("a kubeconfig in a directory")?;
+    let dir = env
+        .kubeconfig
+        .parent()
+        .context("a kubeconfig in a directory")?;
     let text = std::fs::read_to_string(dir.join("kube-apiserver.pid"))?;
     Ok(text.trim().parse()?)
 }
