@@ -146,7 +146,14 @@ async fn one_size(env: &Env, client: &Client, n: usize, args: &Args) -> anyhow::
     )
     .await?;
     drop(controller);
-    // The namespace goes, its devices with it (in the background: the next size does not wait).
+    // The devices go (the control plane alone has no namespace controller to delete them with
+    // their namespace): the next size must not share the apiserver with them.
+    if let Err(e) = devices
+        .delete_collection(&Default::default(), &ListParams::default())
+        .await
+    {
+        eprintln!("# deleting the devices of {ns}: {e} (they stay; `e2e/env down` clears them)");
+    }
     env.kubectl(["delete", "namespace", &ns, "--wait=false"])
         .run();
     Ok(Figures {
