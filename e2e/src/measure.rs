@@ -59,6 +59,20 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
+/// Deletes a benchmark's devices and then their namespace: the control plane alone has no
+/// namespace controller to delete a namespace's contents, and the next size must not share the
+/// apiserver with them. A failure is said, not fatal (`e2e/env down` clears them anyway).
+pub async fn delete_devices(env: &Env, devices: &kube::Api<edgevisor_crds::Device>, ns: &str) {
+    if let Err(e) = devices
+        .delete_collection(&Default::default(), &Default::default())
+        .await
+    {
+        eprintln!("# deleting the devices of {ns}: {e} (they stay; `e2e/env down` clears them)");
+    }
+    env.kubectl(["delete", "namespace", ns, "--wait=false"])
+        .run();
+}
+
 /// A process's CPU time so far (user and system), in seconds.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

@@ -146,16 +146,7 @@ async fn one_size(env: &Env, client: &Client, n: usize, args: &Args) -> anyhow::
     )
     .await?;
     drop(controller);
-    // The devices go (the control plane alone has no namespace controller to delete them with
-    // their namespace): the next size must not share the apiserver with them.
-    if let Err(e) = devices
-        .delete_collection(&Default::default(), &ListParams::default())
-        .await
-    {
-        eprintln!("# deleting the devices of {ns}: {e} (they stay; `e2e/env down` clears them)");
-    }
-    env.kubectl(["delete", "namespace", &ns, "--wait=false"])
-        .run();
+    edgevisor_e2e::measure::delete_devices(env, &devices, &ns).await;
     Ok(Figures {
         rollout,
         raw,

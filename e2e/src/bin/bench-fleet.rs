@@ -287,16 +287,7 @@ async fn one_size(env: &Env, client: &Client, n: usize, args: &Args) -> anyhow::
         "bench: target_delay_p99_seconds_{l} {:.3} s",
         percentile(r.delays, 0.99)
     );
-    // The devices go (the control plane alone has no namespace controller to delete them with
-    // their namespace): the next size must not share the apiserver with them.
-    if let Err(e) = devices
-        .delete_collection(&Default::default(), &Default::default())
-        .await
-    {
-        eprintln!("# deleting the devices of {ns}: {e} (they stay; `e2e/env down` clears them)");
-    }
-    env.kubectl(["delete", "namespace", &ns, "--wait=false"])
-        .run();
+    edgevisor_e2e::measure::delete_devices(env, &devices, &ns).await;
     let _ = std::fs::remove_dir_all(&dir).context("removing the TLS dir");
     Ok(())
 }
