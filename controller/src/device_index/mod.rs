@@ -37,6 +37,15 @@ struct Namespaces {
     interned: Interner,
 }
 
+impl Namespaces {
+    fn upsert(&mut self, e: Entry) {
+        self.by_name
+            .entry(e.namespace)
+            .or_default()
+            .upsert(e.labels, e.view, e.last_seen);
+    }
+}
+
 /// Devices by namespace.
 #[derive(Default)]
 pub struct DeviceIndex {
@@ -68,10 +77,7 @@ impl DeviceIndex {
             Event::Apply(device) => {
                 let mut all = self.write();
                 let e = entry(&mut all.interned, device);
-                all.by_name
-                    .entry(e.namespace)
-                    .or_default()
-                    .upsert(e.labels, e.view, e.last_seen);
+                all.upsert(e);
                 all.interned.sweep();
             }
             Event::Delete(device) => {
@@ -107,11 +113,7 @@ impl DeviceIndex {
                     }
                     drop(keep);
                     for e in fresh {
-                        all.by_name.entry(e.namespace).or_default().upsert(
-                            e.labels,
-                            e.view,
-                            e.last_seen,
-                        );
+                        all.upsert(e);
                     }
                     all.interned.sweep();
                 }
@@ -162,18 +164,18 @@ impl DeviceIndex {
     pub fn gone_quiet(&self, now: i64, window: i64) -> Vec<Key> {
         let mut heard = self.heard.write().unwrap_or_else(|e| e.into_inner());
         heard.retain(|_, at| now - *at < window);
+        // By namespace, in one pass: looked up without building a key per device.
+        let mut by_namespace: HashMap<&str, std::collections::HashSet<&str>> = HashMap::new();
+        for (ns, device) in heard.keys() {
+            by_namespace.entry(ns).or_default().insert(device);
+        }
         let all = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         for (ns, devices) in &all.by_name {
-            // Keys are (String, String); looked up without building one per device.
-            let heard_here: std::collections::HashSet<&str> = heard
-                .keys()
-                .filter(|(n, _)| n == ns)
-                .map(|(_, d)| d.as_str())
-                .collect();
+            let heard_here = by_namespace.get(ns.as_str());
             out.extend(
                 devices
-                    .quiet(now, window, |d| heard_here.contains(d))
+                    .quiet(now, window, |d| heard_here.is_some_and(|h| h.contains(d)))
                     .map(|d| (ns.clone(), d.to_string())),
             );
         }

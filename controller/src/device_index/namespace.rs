@@ -98,21 +98,12 @@ impl Namespace {
         };
         self.forget(&old);
         self.overlaid.remove(name);
-        if let Some(f) = old.view.target.as_deref().and_then(fleet_of_revision) {
-            self.released
-                .remove(&(Name::from(f), old.cached.name.clone()));
-        }
     }
 
     /// This controller set `name`'s target to `revision` at `at`.
     pub fn wrote(&mut self, name: &str, revision: Name, at: i64, when: Instant) {
-        let Some(slot) = self.devices.get(name) else {
-            return;
-        };
-        let (labels, cached, last_seen) =
-            (slot.labels.clone(), slot.cached.clone(), slot.last_seen);
         let written = Box::new(Written { revision, at, when });
-        self.place(labels, cached, Some(written), last_seen);
+        self.lay_over(name, Some(written));
     }
 
     /// Stops laying over writes older than `ttl` at `now`: the cache should have shown them.
@@ -129,14 +120,22 @@ impl Namespace {
             .cloned()
             .collect();
         for name in old {
-            if let Some(slot) = self.devices.get(&name) {
-                let (labels, cached, last_seen) =
-                    (slot.labels.clone(), slot.cached.clone(), slot.last_seen);
-                self.place(labels, cached, None, last_seen);
+            if self.devices.contains_key(&name) {
+                self.lay_over(&name, None);
             } else {
                 self.overlaid.remove(&name);
             }
         }
+    }
+
+    /// Places device `name` again as the cache has it, with `written` laid over (or nothing).
+    fn lay_over(&mut self, name: &str, written: Option<Box<Written>>) {
+        let Some(slot) = self.devices.get(name) else {
+            return;
+        };
+        let (labels, cached, last_seen) =
+            (slot.labels.clone(), slot.cached.clone(), slot.last_seen);
+        self.place(labels, cached, written, last_seen);
     }
 
     /// The fleets of the namespace. The same fleets again change nothing; others sort every
@@ -251,13 +250,11 @@ impl Namespace {
         if let Some(f) = owner.as_ref().and_then(|o| self.fleets.get_mut(o)) {
             f.tally.upsert(view.clone());
         }
-        if let Some(f) = view.target.as_deref().and_then(fleet_of_revision) {
-            let key = (Name::from(f), name.clone());
-            if owner.as_deref() != Some(f) && self.fleets.contains_key(f) {
-                self.released.insert(key);
-            } else {
-                self.released.remove(&key);
-            }
+        if let Some(f) = view.target.as_deref().and_then(fleet_of_revision)
+            && owner.as_deref() != Some(f)
+            && self.fleets.contains_key(f)
+        {
+            self.released.insert((Name::from(f), name.clone()));
         }
         self.use_(&view);
         self.devices.insert(
@@ -295,8 +292,13 @@ impl Namespace {
         owner
     }
 
+    /// Takes back everything `old` added; [`Namespace::place`] adds what the device adds now.
     fn forget(&mut self, old: &Slot) {
         self.unuse(&old.view);
+        if let Some(f) = old.view.target.as_deref().and_then(fleet_of_revision) {
+            self.released
+                .remove(&(Name::from(f), old.cached.name.clone()));
+        }
         for f in self.fleets.values_mut() {
             f.overlapping.remove(&old.cached.name);
         }

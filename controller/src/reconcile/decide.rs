@@ -25,7 +25,11 @@ pub fn owner(selecting: &[&FleetSelector], target: Option<&str>) -> Option<usize
         .and_then(crate::views::fleet_of_revision)
         .and_then(|f| selecting.iter().position(|s| s.name == f));
     had_it.or_else(|| {
-        (0..selecting.len()).min_by_key(|i| (selecting[*i].created, selecting[*i].name.as_str()))
+        selecting
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, f)| (f.created, f.name.as_str()))
+            .map(|(i, _)| i)
     })
 }
 

@@ -225,7 +225,8 @@ async fn reconcile_inner(fleet: &Fleet, ctx: &Context) -> Result<Action, Error> 
         released,
     }) = decided
     else {
-        // Not yet among the namespace's fleets: the cache of fleets lags this one.
+        // Cannot happen (the fleet was just given to the index with the others); planned
+        // again shortly rather than panicking.
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
     for (device, why) in refused {

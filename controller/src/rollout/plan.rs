@@ -349,6 +349,15 @@ impl Basis {
             since: effective_memory(fleet, memory).failures_since,
         }
     }
+
+    /// How devices are judged against it at `now`.
+    pub fn judge(&self, now: i64) -> Judge {
+        Judge {
+            timeout: self.timeout,
+            now,
+            since: self.since,
+        }
+    }
 }
 
 /// Decides the next moves of a rollout, from the fleet's devices. Pure: the same inputs give
@@ -391,11 +400,7 @@ pub fn plan_tally(
 /// Notes progress, and says when a moving rollout has had none for `progressDeadlineSeconds`.
 /// Waiting (a pause, a resume, a held fleet) is not a stall; nor is an end.
 fn track_progress(fleet: &FleetView<'_>, tally: &Tally, plan: &mut Plan) {
-    let judge = Judge {
-        timeout: i64::from(fleet.strategy.device_timeout_seconds.max(1)),
-        now: fleet.now,
-        since: plan.memory.failures_since,
-    };
+    let judge = tally.basis().judge(fleet.now);
     let mark = progress_mark(fleet, plan.memory.step, &judge, tally, &plan.retarget);
     let since = match &plan.memory.progress {
         Some((old, at)) if *old == mark => *at,
@@ -454,11 +459,7 @@ fn plan_moves(
     let update = fleet.update_revision;
     let strategy = fleet.strategy;
     let now = fleet.now;
-    let judge = Judge {
-        timeout: i64::from(strategy.device_timeout_seconds.max(1)),
-        now,
-        since: memory.failures_since,
-    };
+    let judge = tally.basis().judge(now);
     let totals = tally.totals();
     let size = totals.sized;
     let failed = totals.failed;

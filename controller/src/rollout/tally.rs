@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use edgevisor_crds::Architecture;
 
-use super::plan::{DeviceView, Judge, canary_key};
+use super::plan::{DeviceView, canary_key};
 
 /// A shared name: device and revision names are interned, so a fleet of a million devices
 /// keeps one copy of each revision name.
@@ -179,24 +179,12 @@ impl Tally {
         self.now
     }
 
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<DeviceView>> {
         self.members.get(name)
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.members.contains_key(name)
-    }
-
-    pub fn members(&self) -> impl Iterator<Item = &Arc<DeviceView>> {
-        self.members.values()
     }
 
     pub fn totals(&self) -> &Totals {
@@ -312,11 +300,7 @@ impl Tally {
     fn part(&self, d: &DeviceView) -> Part {
         let b = &self.basis;
         let update = &*b.update;
-        let judge = Judge {
-            timeout: b.timeout,
-            now: self.now,
-            since: b.since,
-        };
+        let judge = b.judge(self.now);
         let supported = d.supported_by(&b.supported);
         let targetable = d.targetable_by(&b.supported);
         let on_update = d.current.as_deref() == Some(update);
