@@ -90,6 +90,29 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
+/// A benchmark size in metric names: `10k` for 10,000.
+pub fn size_label(n: usize) -> String {
+    if n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// The value of one series (`name` with its labels, as printed) at `http://{metrics}/metrics`;
+/// `None` when the series is absent.
+pub async fn metric(metrics: &str, series: &str) -> anyhow::Result<Option<f64>> {
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let prefix = format!("{series} ");
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok()))
+}
+
 /// Waits until `http://{metrics}/readyz` answers 200.
 pub async fn wait_ready(
     metrics: &str,

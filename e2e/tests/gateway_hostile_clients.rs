@@ -137,17 +137,10 @@ async fn status_line(
 
 /// `edgevisor_gateway_requests_total{route="target",code="204"}`: answered long-polls.
 async fn answered_polls(metrics: &str) -> u64 {
-    let text = reqwest::get(format!("http://{metrics}/metrics"))
+    let series = r#"edgevisor_gateway_requests_total{route="target",code="204"}"#;
+    edgevisor_e2e::measure::metric(metrics, series)
         .await
         .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("edgevisor_gateway_requests_total{route=\"target\",code=\"204\"} ")
-        })
-        .and_then(|n| n.trim().parse::<f64>().ok())
         .unwrap_or(0.0) as u64
 }
 

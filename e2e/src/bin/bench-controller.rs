@@ -13,7 +13,8 @@ use edgevisor_crds::Device;
 use edgevisor_e2e::Env;
 use edgevisor_e2e::gateway_role::report_online;
 use edgevisor_e2e::measure::{
-    apiserver_writes, apply_bench_fleet, bench_controller, cpu_seconds, rss_bytes,
+    apiserver_writes, apply_bench_fleet, bench_controller, cpu_seconds, metric, rss_bytes,
+    size_label,
 };
 use futures::StreamExt;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -65,15 +66,6 @@ struct Figures {
     apiserver_growth: i64,
 }
 
-/// `10k` for 10,000.
-fn label(n: usize) -> String {
-    if n.is_multiple_of(1000) {
-        format!("{}k", n / 1000)
-    } else {
-        n.to_string()
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -82,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
     let mut by_size = BTreeMap::new();
     for &n in &args.devices {
         let f = one_size(env, &client, n, &args).await?;
-        let l = label(n);
+        let l = size_label(n);
         println!("bench: rollout_seconds_{l} {:.2} s", f.rollout);
         println!("bench: raw_patch_seconds_{l} {:.2} s", f.raw);
         println!(
@@ -115,8 +107,8 @@ async fn main() -> anyhow::Result<()> {
     if large > small {
         println!(
             "bench: device_event_cost_ratio_{}_over_{} {:.2} ratio",
-            label(large),
-            label(small),
+            size_label(large),
+            size_label(small),
             l.event_cpu / s.event_cpu
         );
     }
@@ -124,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn one_size(env: &Env, client: &Client, n: usize, args: &Args) -> anyhow::Result<Figures> {
-    let ns = env.namespace(&format!("bench-{}", label(n)));
+    let ns = env.namespace(&format!("bench-{}", size_label(n)));
     let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
     let names: Vec<String> = (0..n).map(|i| format!("dev-{i:06}")).collect();
     let apiserver = apiserver_pid(env)?;
@@ -260,15 +252,8 @@ async fn controller_rollout(
 async fn target_writes(
     controller: &edgevisor_e2e::controller::Controller,
 ) -> anyhow::Result<usize> {
-    let text = reqwest::get(format!("http://{}/metrics", controller.metrics))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("edgevisor_device_target_writes_total "))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(0))
+    let n = metric(&controller.metrics, "edgevisor_device_target_writes_total").await?;
+    Ok(n.unwrap_or(0.0) as usize)
 }
 
 /// `names` report they run `revision`, ready: the controller's CPU seconds per event, counted

@@ -13,8 +13,8 @@ use edgevisor_crds::{Device, Fleet, UpdateStatus};
 use edgevisor_e2e::Env;
 use edgevisor_e2e::gateway::{self, BootstrapToken, Gateway};
 use edgevisor_e2e::measure::{
-    apiserver_writes, apiserver_writes_by_resource, apply_bench_fleet, bench_controller, rss_bytes,
-    wait_ready,
+    apiserver_writes, apiserver_writes_by_resource, apply_bench_fleet, bench_controller, metric,
+    rss_bytes, size_label, wait_ready,
 };
 use edgevisor_e2e::process::free_port;
 use edgevisor_protocol::gateway::{
@@ -215,17 +215,8 @@ fn open_file_limit() -> anyhow::Result<usize> {
         .context("no open-file limit in /proc/self/limits")
 }
 
-/// `2k` for 2,000.
-fn label(n: usize) -> String {
-    if n.is_multiple_of(1000) {
-        format!("{}k", n / 1000)
-    } else {
-        n.to_string()
-    }
-}
-
 async fn one_size(env: &Env, client: &Client, n: usize, args: &Args) -> anyhow::Result<()> {
-    let ns = env.namespace(&format!("fleetbench-{}", label(n)));
+    let ns = env.namespace(&format!("fleetbench-{}", size_label(n)));
     let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
     let dir = env.repo.join(format!(
         "target/e2e-env/bench-fleet-{}-{n}",
@@ -265,7 +256,7 @@ async fn one_size(env: &Env, client: &Client, n: usize, args: &Args) -> anyhow::
         t.abort();
     }
     drop((controller, gw));
-    let (f, l) = (n as f64, label(n));
+    let (f, l) = (n as f64, size_label(n));
     println!("bench: fleet_rollout_seconds_{l} {:.2} s", r.seconds);
     println!("bench: gateway_rss_bytes_{l} {gateway_rss} bytes");
     println!("bench: gateway_open_connections_{l} {connections} connections");
@@ -294,13 +285,8 @@ async fn one_size(env: &Env, client: &Client, n: usize, args: &Args) -> anyhow::
 
 /// The gateway's open device connections, from its /metrics.
 async fn open_connections(gw: &Gateway) -> anyhow::Result<u64> {
-    let text = reqwest::get(format!("http://{}/metrics", gw.metrics))
+    metric(&gw.metrics, "edgevisor_gateway_connections")
         .await?
-        .text()
-        .await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("edgevisor_gateway_connections "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)
         .context("no edgevisor_gateway_connections in the gateway's metrics")
 }

@@ -54,13 +54,10 @@ impl World {
         let Ok(ip) = self.release.pod_ip(self.env, pod) else {
             return 0;
         };
-        match reqwest::get(format!("http://{ip}:8080/metrics")).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
-        .lines()
-        .find_map(|l| l.strip_prefix("edgevisor_gateway_waiting_polls "))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(0)
+        crate::measure::metric(&format!("{ip}:8080"), "edgevisor_gateway_waiting_polls")
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |v| v as usize)
     }
 }
